@@ -1,0 +1,393 @@
+"""Build ``isnet-general-tiny``: an int8 static-quantised IS-Net general-use.
+
+Pipeline: load a source IS-Net (fp16 or fp32 ONNX) -> fp32 graph with only
+output 0 (the mask) -> static QDQ int8 quantisation calibrated on the public
+images in ``app/model_build_calibration/`` -> atomic write of the model and a
+``<dest>.sha256`` sidecar. The same source gives byte-identical output.
+
+The recipe was chosen by measurement; see ``bench/RESULTS-isnet-tiny.md``.
+This module must not import Flask.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
+
+CALIBRATION_DIR = Path(__file__).resolve().parent.parent / "model_build_calibration"
+MEAN = 0.5
+STD = 1.0
+
+_FLOATS = (TensorProto.FLOAT, TensorProto.FLOAT16)
+
+
+class ModelBuildError(Exception):
+    """The source model cannot be turned into isnet-general-tiny."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How to quantise. ``exclude`` names structural roles kept in float.
+
+    Roles: ``first_conv`` (the Conv reading the graph input), ``mask_conv`` (the
+    Conv producing the final mask logits, IS-Net's side1), ``mask_resize`` (the
+    Resize after it) and ``mask_sigmoid`` (the final Sigmoid). Extra node names
+    can be listed in ``exclude_nodes``.
+    """
+
+    calibrate_method: str = "Percentile"  # MinMax | Percentile | Entropy
+    percentile: float = 99.999
+    per_channel: bool = True
+    reduce_range: bool = False
+    quant_format: str = "QDQ"  # QDQ | QOperator
+    activation_type: str = "QUInt8"
+    weight_type: str = "QInt8"
+    exclude: tuple[str, ...] = ("first_conv", "mask_conv", "mask_resize", "mask_sigmoid")
+    exclude_nodes: tuple[str, ...] = ()
+    extra_options: tuple[tuple[str, object], ...] = field(default_factory=tuple)
+
+
+DEFAULT_RECIPE = Recipe()
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_source(source: Path) -> onnx.ModelProto:
+    """Load and validate a source IS-Net; return an fp32 model with output 0 only."""
+    source = Path(source)
+    if not source.is_file():
+        raise ModelBuildError(f"source model {source} does not exist or is not a file")
+    try:
+        model = onnx.load(str(source))
+    except Exception as exc:  # protobuf raises assorted errors on junk
+        raise ModelBuildError(f"{source} is not a readable ONNX model: {exc}") from exc
+    if len(model.graph.node) == 0 or len(model.graph.output) == 0:
+        raise ModelBuildError(f"{source} is not a usable ONNX model (no nodes or no outputs)")
+    input_size(model)  # validates the input
+    model = fp16_to_fp32(model)
+    model = prune_to_first_output(model)
+    try:
+        onnx.checker.check_model(model)
+        model = onnx.shape_inference.infer_shapes(model)
+    except Exception as exc:
+        raise ModelBuildError(f"{source} does not form a valid ONNX graph: {exc}") from exc
+    return model
+
+
+def input_size(model: onnx.ModelProto) -> tuple[int, int]:
+    """Return (height, width) of the single [1, 3, H, W] float input, or raise."""
+    inits = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    if len(inputs) != 1:
+        raise ModelBuildError(f"expected exactly one image input, found {len(inputs)}")
+    tt = inputs[0].type.tensor_type
+    if tt.elem_type not in _FLOATS:
+        raise ModelBuildError(f"input {inputs[0].name!r} must be float or float16, got type {tt.elem_type}")
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+    if len(dims) != 4 or dims[0] not in (1, None) or dims[1] != 3 or not dims[2] or not dims[3]:
+        raise ModelBuildError(
+            f"input {inputs[0].name!r} must have shape [1, 3, H, W] with fixed H and W, got {dims}"
+        )
+    return int(dims[2]), int(dims[3])
+
+
+def _tensor_to_fp32(t: TensorProto) -> None:
+    """Convert a FLOAT16 TensorProto to FLOAT in place."""
+    arr = numpy_helper.to_array(t).astype(np.float32)
+    t.CopyFrom(numpy_helper.from_array(arr, t.name))
+
+
+def fp16_to_fp32(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Return an fp32 copy of a (possibly) fp16 model.
+
+    Float16 weights, constants and value types become float32; Cast nodes
+    between float types become identities and are removed; other Casts to
+    float16 now cast to float32.
+    """
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    g = model.graph
+    # Element types before conversion, to recognise float->float Casts.
+    try:
+        typed = onnx.shape_inference.infer_shapes(model)
+    except Exception as exc:
+        raise ModelBuildError(f"shape inference failed on the source: {exc}") from exc
+    elem: dict[str, int] = {}
+    for vi in list(typed.graph.value_info) + list(typed.graph.input) + list(typed.graph.output):
+        elem[vi.name] = vi.type.tensor_type.elem_type
+    for t in g.initializer:
+        elem[t.name] = t.data_type
+
+    for t in g.initializer:
+        if t.data_type == TensorProto.FLOAT16:
+            _tensor_to_fp32(t)
+    for vi in list(g.input) + list(g.output) + list(g.value_info):
+        if vi.type.tensor_type.elem_type == TensorProto.FLOAT16:
+            vi.type.tensor_type.elem_type = TensorProto.FLOAT
+    del g.value_info[:]
+
+    identity: list[onnx.NodeProto] = []
+    for node in g.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type == TensorProto.FLOAT16:
+                _tensor_to_fp32(attr.t)
+            if attr.type == onnx.AttributeProto.GRAPH:
+                raise ModelBuildError(f"subgraphs are not supported (node {node.name!r})")
+        if node.op_type == "Cast":
+            to = helper.get_attribute_value(next(a for a in node.attribute if a.name == "to"))
+            if to in _FLOATS and elem.get(node.input[0]) in _FLOATS:
+                identity.append(node)
+            elif to == TensorProto.FLOAT16:
+                for a in node.attribute:
+                    if a.name == "to":
+                        a.i = TensorProto.FLOAT
+    for node in identity:
+        _remove_identity(g, node)
+    return model
+
+
+def _remove_identity(g: onnx.GraphProto, node: onnx.NodeProto) -> None:
+    """Remove a one-in one-out identity node, rewiring its consumers."""
+    src, dst = node.input[0], node.output[0]
+    graph_outputs = {o.name for o in g.output}
+    graph_inputs = {i.name for i in g.input}
+    g.node.remove(node)
+    if dst in graph_outputs:
+        if src in graph_inputs or src in graph_outputs:
+            g.node.append(helper.make_node("Identity", [src], [dst], name=node.name))
+            return
+        old, new = src, dst  # keep the public output name
+    else:
+        old, new = dst, src
+    for n in g.node:
+        for i, name in enumerate(n.input):
+            if name == old:
+                n.input[i] = new
+        for i, name in enumerate(n.output):
+            if name == old:
+                n.output[i] = new
+
+
+def prune_to_first_output(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Keep only graph output 0 and the nodes and initializers it needs."""
+    g = model.graph
+    keep_out = g.output[0]
+    producers = {o: n for n in g.node for o in n.output}
+    needed: set[str] = set()
+    live: set[int] = set()
+    stack = [keep_out.name]
+    while stack:
+        name = stack.pop()
+        if name in needed:
+            continue
+        needed.add(name)
+        n = producers.get(name)
+        if n is not None and id(n) not in live:
+            live.add(id(n))
+            stack.extend(i for i in n.input if i)
+    nodes = [n for n in g.node if id(n) in live]
+    out = onnx.ModelProto.FromString(model.SerializeToString())
+    og = out.graph
+    del og.node[:]
+    og.node.extend(nodes)
+    del og.output[:]
+    og.output.append(keep_out)
+    inits = [t for t in g.initializer if t.name in needed]
+    del og.initializer[:]
+    og.initializer.extend(inits)
+    del og.value_info[:]
+    return out
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def preprocess(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
+    """IS-Net pre-processing: RGB, LANCZOS resize, /max, -mean, /std, NCHW float32."""
+    h, w = size
+    im = image.convert("RGB").resize((w, h), Image.LANCZOS)
+    arr = np.asarray(im, dtype=np.float32)
+    peak = float(np.max(arr))
+    arr = arr / (peak if peak > 0 else 1.0)
+    arr = (arr - MEAN) / STD
+    return np.ascontiguousarray(arr.transpose(2, 0, 1)[None, ...], dtype=np.float32)
+
+
+def calibration_images(directory: Path = CALIBRATION_DIR) -> list[Path]:
+    """Calibration images (sorted, so the build is deterministic)."""
+    paths = sorted(p for p in Path(directory).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if not paths:
+        raise ModelBuildError(f"no calibration images in {directory}")
+    return paths
+
+
+class ImageCalibrationReader:
+    """CalibrationDataReader feeding one preprocessed image at a time.
+
+    Supports ``set_range`` so the quantiser can collect statistics image by
+    image (``CalibStridedMinMax=1``), which bounds calibration memory.
+    """
+
+    def __init__(self, paths: Sequence[Path], input_name: str, size: tuple[int, int]) -> None:
+        self.paths = list(paths)
+        self.input_name = input_name
+        self.size = size
+        self.set_range(0, len(self.paths))
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._queue = list(self.paths[start_index:end_index])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if not self._queue:
+            return None
+        path = self._queue.pop(0)
+        with Image.open(path) as im:
+            return {self.input_name: preprocess(im, self.size)}
+
+    def rewind(self) -> None:
+        self.set_range(0, len(self.paths))
+
+
+# --------------------------------------------------------------------------- quantisation
+
+
+def role_nodes(model: onnx.ModelProto, roles: Iterable[str]) -> list[str]:
+    """Resolve structural roles (see ``Recipe``) to node names in this graph."""
+    g = model.graph
+    producers = {o: n for n in g.node for o in n.output}
+    inp = input_name(model)
+    found: dict[str, str] = {}
+    first = next((n for n in g.node if n.op_type == "Conv" and inp in n.input), None)
+    if first is not None:
+        found["first_conv"] = first.name
+    # Walk back from the output through the mask head: Sigmoid <- Resize <- Conv.
+    n = producers.get(g.output[0].name)
+    while n is not None and not {"mask_sigmoid", "mask_resize", "mask_conv"} <= set(found):
+        key = {"Sigmoid": "mask_sigmoid", "Resize": "mask_resize", "Conv": "mask_conv"}.get(n.op_type)
+        if key and key not in found:
+            found[key] = n.name
+        if n.op_type == "Conv":
+            break
+        n = producers.get(n.input[0])
+    names = []
+    for role in roles:
+        if role not in found:
+            raise ModelBuildError(f"cannot find the {role!r} node in the graph")
+        names.append(found[role])
+    return names
+
+
+def input_name(model: onnx.ModelProto) -> str:
+    """Name of the image input."""
+    inits = {t.name for t in model.graph.initializer}
+    return next(i.name for i in model.graph.input if i.name not in inits)
+
+
+def _ensure_node_names(model: onnx.ModelProto) -> None:
+    """Give every node a unique, deterministic name (the quantiser keys on them)."""
+    seen: set[str] = set()
+    for idx, n in enumerate(model.graph.node):
+        if not n.name or n.name in seen:
+            n.name = f"{n.op_type}_{idx}"
+        seen.add(n.name)
+
+
+def quantize(
+    model: onnx.ModelProto,
+    images: Sequence[Path],
+    recipe: Recipe = DEFAULT_RECIPE,
+    workdir: Path | None = None,
+) -> bytes:
+    """Quantise an fp32 model (output 0 only) with ``recipe``; return the serialised model."""
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    _ensure_node_names(model)
+    exclude = role_nodes(model, recipe.exclude) + list(recipe.exclude_nodes)
+    reader = ImageCalibrationReader(images, input_name(model), input_size(model))
+    extra: dict[str, object] = {"CalibStridedMinMax": 1}  # one image at a time
+    if recipe.calibrate_method == "Percentile":
+        extra["CalibPercentile"] = recipe.percentile
+    extra.update(dict(recipe.extra_options))
+    with tempfile.TemporaryDirectory(prefix="isnet-tiny-build.", dir=workdir) as tmp:
+        src = Path(tmp) / "fp32.onnx"
+        out = Path(tmp) / "int8.onnx"
+        onnx.save(model, str(src))
+        quantize_static(
+            str(src),
+            str(out),
+            reader,
+            quant_format=getattr(QuantFormat, recipe.quant_format),
+            per_channel=recipe.per_channel,
+            reduce_range=recipe.reduce_range,
+            activation_type=getattr(QuantType, recipe.activation_type),
+            weight_type=getattr(QuantType, recipe.weight_type),
+            calibrate_method=getattr(CalibrationMethod, recipe.calibrate_method),
+            nodes_to_exclude=exclude,
+            extra_options=extra,
+        )
+        q = onnx.load(str(out))
+    q.producer_name = "pixport-isnet-tiny-build"
+    q.producer_version = "1"
+    return q.SerializeToString()
+
+
+# --------------------------------------------------------------------------- build
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write bytes to path via a temp file in the same directory and os.replace."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def sha256_path(dest: Path) -> Path:
+    """Sidecar path holding the hex sha256 of ``dest``: ``<dest>.sha256``."""
+    return Path(f"{dest}.sha256")
+
+
+def build_isnet_tiny(
+    source: Path,
+    dest: Path,
+    recipe: Recipe = DEFAULT_RECIPE,
+    calibration_dir: Path = CALIBRATION_DIR,
+) -> str:
+    """Build isnet-general-tiny from ``source`` into ``dest``; return its sha256 hex.
+
+    Also writes ``<dest>.sha256`` (the hex digest and a newline). Both files are
+    written atomically. Raises ``ModelBuildError`` for an unusable source.
+    """
+    dest = Path(dest)
+    model = load_source(Path(source))
+    data = quantize(model, calibration_images(calibration_dir), recipe)
+    digest = hashlib.sha256(data).hexdigest()
+    _atomic_write(dest, data)
+    _atomic_write(sha256_path(dest), f"{digest}\n".encode())
+    return digest

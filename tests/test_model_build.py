@@ -1,0 +1,219 @@
+"""Tests for app.services.model_build on a tiny IS-Net-shaped graph (offline, fast)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
+
+from app.services.model_build import (
+    CALIBRATION_DIR,
+    ModelBuildError,
+    build_isnet_tiny,
+    calibration_images,
+    load_source,
+    preprocess,
+    sha256_path,
+)
+
+SIZE = 64
+REAL_SOURCE = Path(__file__).resolve().parents[1] / ".." / "shared" / "models" / "isnet-general-use.fp16.onnx"
+
+
+def _tiny_isnet(half: bool, size: int = SIZE, channels: int = 3) -> onnx.ModelProto:
+    """A small graph with IS-Net's shape: conv_in, pool, upsample+concat, side outputs.
+
+    With ``half`` it mimics the fp16 export: fp16 weights, Cast after the input,
+    Resize wrapped in Casts to float and back, Casts to float on every output.
+    """
+    rng = np.random.default_rng(0)
+    ftype = np.float16 if half else np.float32
+    inits: list[onnx.TensorProto] = []
+    nodes: list[onnx.NodeProto] = []
+
+    def conv(name: str, x: str, cin: int, cout: int, stride: int = 1, relu: bool = True) -> str:
+        w = rng.normal(0, np.sqrt(2.0 / (cin * 9)), (cout, cin, 3, 3)).astype(ftype)
+        b = rng.normal(0, 0.05, (cout,)).astype(ftype)
+        inits.extend([numpy_helper.from_array(w, f"{name}.w"), numpy_helper.from_array(b, f"{name}.b")])
+        nodes.append(
+            helper.make_node("Conv", [x, f"{name}.w", f"{name}.b"], [f"{name}.out"], name=f"/{name}/Conv",
+                             pads=[1, 1, 1, 1], strides=[stride, stride], kernel_shape=[3, 3])
+        )
+        if not relu:
+            return f"{name}.out"
+        nodes.append(helper.make_node("Relu", [f"{name}.out"], [f"{name}.relu"], name=f"/{name}/Relu"))
+        return f"{name}.relu"
+
+    def sizes_like(name: str, x: str, like: str) -> str:
+        for t, v in ((f"{name}.s0", [0]), (f"{name}.s2", [2]), (f"{name}.s4", [4])):
+            nodes.append(helper.make_node("Constant", [], [t], name=f"/{name}/{t}",
+                                          value=numpy_helper.from_array(np.array(v, np.int64), t)))
+        nodes.extend([
+            helper.make_node("Shape", [x], [f"{name}.shx"], name=f"/{name}/ShapeX"),
+            helper.make_node("Shape", [like], [f"{name}.shl"], name=f"/{name}/ShapeL"),
+            helper.make_node("Slice", [f"{name}.shx", f"{name}.s0", f"{name}.s2"], [f"{name}.nc"], name=f"/{name}/SliceX"),
+            helper.make_node("Slice", [f"{name}.shl", f"{name}.s2", f"{name}.s4"], [f"{name}.hw"], name=f"/{name}/SliceL"),
+            helper.make_node("Concat", [f"{name}.nc", f"{name}.hw"], [f"{name}.sizes"], name=f"/{name}/Concat", axis=0),
+        ])
+        return f"{name}.sizes"
+
+    def resize(name: str, x: str, like: str) -> str:
+        sizes = sizes_like(name, x, like)
+        src, out = x, f"{name}.up"
+        if half:
+            nodes.append(helper.make_node("Cast", [x], [f"{name}.in32"], name=f"/{name}/in_cast", to=TensorProto.FLOAT))
+            src, out = f"{name}.in32", f"{name}.up32"
+        nodes.append(helper.make_node("Resize", [src, "", "", sizes], [out], name=f"/{name}/Resize",
+                                      mode="linear", coordinate_transformation_mode="half_pixel"))
+        if half:
+            nodes.append(helper.make_node("Cast", [out], [f"{name}.up"], name=f"/{name}/out_cast", to=TensorProto.FLOAT16))
+        return f"{name}.up"
+
+    x = "input"
+    if half:
+        nodes.append(helper.make_node("Cast", ["input"], ["input16"], name="graph_input_cast0", to=TensorProto.FLOAT16))
+        x = "input16"
+    c0 = conv("conv_in", x, channels, 8, stride=2, relu=False)
+    r1 = conv("c1", c0, 8, 8)
+    nodes.append(helper.make_node("MaxPool", [r1], ["pool"], name="/pool/MaxPool", kernel_shape=[2, 2], strides=[2, 2]))
+    r2 = conv("c2", "pool", 8, 8)
+    up = resize("up1", r2, r1)
+    nodes.append(helper.make_node("Concat", [up, r1], ["cat"], name="/cat/Concat", axis=1))
+    r3 = conv("c3", "cat", 16, 8)
+    nodes.append(helper.make_node("Add", [r3, r1], ["d1"], name="/d1/Add"))
+    s1 = conv("side1", "d1", 8, 1, relu=False)
+    s2 = conv("side2", r2, 8, 1, relu=False)
+    m1 = resize("mask1", s1, x)
+    m2 = resize("mask2", s2, x)
+    nodes.append(helper.make_node("Sigmoid", [m1], ["sig1"], name="/Sigmoid"))
+    nodes.append(helper.make_node("Sigmoid", [m2], ["sig2"], name="/Sigmoid_1"))
+    outs = ["sig1", "sig2", "d1"]
+    names = ["output", "side2", "input.1252"]
+    if half:
+        for i, (o, n) in enumerate(zip(outs, names)):
+            nodes.append(helper.make_node("Cast", [o], [n], name=f"graph_output_cast{i}", to=TensorProto.FLOAT))
+    else:
+        for o, n in zip(outs, names):
+            for node in nodes:
+                node.output[:] = [n if v == o else v for v in node.output]
+                node.input[:] = [n if v == o else v for v in node.input]
+    graph = helper.make_graph(
+        nodes, "tiny_isnet",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, channels, size, size])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s)
+         for n, s in zip(names, ([1, 1, size, size], [1, 1, size, size], [1, 8, size // 2, size // 2]))],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def _save(model: onnx.ModelProto, path: Path) -> Path:
+    onnx.save(model, str(path))
+    return path
+
+
+def _run(path_or_bytes, x: np.ndarray) -> np.ndarray:
+    sess = ort.InferenceSession(path_or_bytes if isinstance(path_or_bytes, bytes) else str(path_or_bytes),
+                                providers=["CPUExecutionProvider"])
+    return sess.run(None, {"input": x})[0]
+
+
+@pytest.fixture(scope="module")
+def sample() -> np.ndarray:
+    with Image.open(calibration_images()[0]) as im:
+        return preprocess(im, (SIZE, SIZE))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> dict:
+    d = tmp_path_factory.mktemp("build")
+    out = {}
+    for kind in ("fp16", "fp32"):
+        src = _save(_tiny_isnet(half=kind == "fp16"), d / f"src-{kind}.onnx")
+        dest = d / f"tiny-{kind}.onnx"
+        out[kind] = (src, dest, build_isnet_tiny(src, dest))
+    return out
+
+
+def test_calibration_images_ship_with_licence() -> None:
+    assert len(calibration_images()) >= 4
+    assert (CALIBRATION_DIR / "LICENSE").is_file() and (CALIBRATION_DIR / "README.md").is_file()
+
+
+def test_preprocess_matches_isnet_recipe() -> None:
+    im = Image.new("RGB", (10, 20), (100, 200, 50))
+    x = preprocess(im, (8, 16))
+    assert x.shape == (1, 3, 8, 16) and x.dtype == np.float32
+    np.testing.assert_allclose(x[0, :, 0, 0], [100 / 200 - 0.5, 0.5, 50 / 200 - 0.5], atol=1e-6)
+
+
+@pytest.mark.parametrize("half", [True, False])
+def test_load_source_keeps_only_output0_in_fp32(tmp_path: Path, sample: np.ndarray, half: bool) -> None:
+    src = _save(_tiny_isnet(half), tmp_path / "src.onnx")
+    model = load_source(src)
+    assert [o.name for o in model.graph.output] == ["output"]
+    assert all(t.data_type == TensorProto.FLOAT for t in model.graph.initializer)
+    assert not any(n.op_type == "Cast" for n in model.graph.node)
+    assert not any("side2" in n.name for n in model.graph.node)  # dead side branch pruned
+    got = _run(model.SerializeToString(), sample)
+    want = _run(src, sample)
+    np.testing.assert_allclose(got, want, atol=2e-3 if half else 1e-6)
+
+
+@pytest.mark.parametrize("kind", ["fp16", "fp32"])
+def test_build_quantises_and_stays_close(built: dict, sample: np.ndarray, kind: str) -> None:
+    src, dest, digest = built[kind]
+    model = onnx.load(str(dest))
+    assert len(model.graph.output) == 1 and model.graph.output[0].name == "output"
+    ops = {n.op_type for n in model.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops or "QLinearConv" in ops
+    assert hashlib.sha256(dest.read_bytes()).hexdigest() == digest
+    assert sha256_path(dest).read_text().strip() == digest
+    y = _run(dest, sample)
+    ref = _run(src, sample)
+    assert y.shape == (1, 1, SIZE, SIZE)
+    assert 0.0 <= y.min() and y.max() <= 1.0
+    assert np.abs(y - ref).mean() < 0.02
+    assert np.abs(y - ref).max() < 0.15
+
+
+def test_build_is_deterministic(built: dict, tmp_path: Path) -> None:
+    src, dest, digest = built["fp16"]
+    again = tmp_path / "again.onnx"
+    assert build_isnet_tiny(src, again) == digest
+    assert again.read_bytes() == dest.read_bytes()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_bad_sources_raise(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"this is not an onnx model")
+    with pytest.raises(ModelBuildError, match="ONNX"):
+        build_isnet_tiny(junk, tmp_path / "out.onnx")
+    with pytest.raises(ModelBuildError, match="does not exist"):
+        build_isnet_tiny(tmp_path / "missing.onnx", tmp_path / "out.onnx")
+    wrong = _save(_tiny_isnet(half=False, channels=1), tmp_path / "gray.onnx")
+    with pytest.raises(ModelBuildError, match=r"\[1, 3, H, W\]"):
+        build_isnet_tiny(wrong, tmp_path / "out.onnx")
+    assert not (tmp_path / "out.onnx").exists()
+
+
+@pytest.mark.skipif(os.environ.get("RUN_SLOW") != "1", reason="set RUN_SLOW=1 to build from the real model")
+@pytest.mark.skipif(not REAL_SOURCE.is_file(), reason="../shared/models/isnet-general-use.fp16.onnx absent")
+def test_build_from_real_isnet(tmp_path: Path) -> None:
+    dest = tmp_path / "isnet-general-tiny.onnx"
+    digest = build_isnet_tiny(REAL_SOURCE, dest)
+    model = onnx.load(str(dest))
+    assert len(model.graph.output) == 1
+    assert dest.stat().st_size < 60_000_000
+    assert sha256_path(dest).read_text().strip() == digest
