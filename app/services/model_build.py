@@ -309,8 +309,13 @@ def quantize(
     images: Sequence[Path],
     recipe: Recipe = DEFAULT_RECIPE,
     workdir: Path | None = None,
+    calibration_cache: Path | None = None,
 ) -> bytes:
-    """Quantise an fp32 model (output 0 only) with ``recipe``; return the serialised model."""
+    """Quantise an fp32 model (output 0 only) with ``recipe``; return the serialised model.
+
+    ``calibration_cache`` (benchmarks only) stores/reuses the calibrated ranges;
+    it must belong to the same model, images and calibration method.
+    """
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -342,6 +347,7 @@ def quantize(
             calibrate_method=getattr(CalibrationMethod, recipe.calibrate_method),
             nodes_to_exclude=exclude,
             extra_options=extra,
+            calibration_cache_path=str(calibration_cache) if calibration_cache else None,
         )
         q = onnx.load(str(out))
     q.producer_name = "pixport-isnet-tiny-build"

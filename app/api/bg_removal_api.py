@@ -1,0 +1,146 @@
+"""HTTP for background removal: parse and validate the request, call imaging and the service, respond.
+
+This blueprint never touches onnxruntime; all model work goes through IsnetTinyService.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import PurePath
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request, send_file
+from werkzeug.utils import secure_filename
+
+from app import colors, imaging
+from app.config import ALLOWED_EXTENSIONS, Config
+from app.errors import BadRequest
+from app.services.isnet_tiny_service import HIGH_MEMORY_MB, IsnetTinyService, ModelState, peak_rss_mb, rss_mb
+
+bp = Blueprint("bg", __name__, url_prefix="/api/bg")
+
+
+def _config() -> Config:
+    return current_app.config["PIXPORT"]
+
+
+def _service() -> IsnetTinyService:
+    return current_app.extensions["isnet_tiny"]
+
+
+def _safe_stem(filename: str) -> str:
+    """A download name that cannot carry paths, quotes or header breaks."""
+    stem = secure_filename(PurePath(filename.replace("\\", "/")).stem)[:80]
+    return stem or "image"
+
+
+def _upload() -> tuple[bytes, str]:
+    """The multipart `file` field's bytes and a safe stem; 400/415 for a bad form."""
+    if "file" not in request.files:
+        raise BadRequest("no 'file' field in the form; send multipart/form-data, e.g. curl -F file=@photo.jpg")
+    upload = request.files["file"]
+    if not upload.filename:
+        raise BadRequest("the 'file' field has no filename; attach a file, e.g. curl -F file=@photo.jpg")
+    imaging.check_extension(upload.filename)
+    data = upload.read()
+    if not data:
+        raise BadRequest("the uploaded file is empty")
+    return data, _safe_stem(upload.filename)
+
+
+def _subject() -> tuple[imaging.Decoded, Any, str]:
+    """Decode the upload and run the model: (decoded photo, alpha mask, stem)."""
+    data, stem = _upload()
+    config = _config()
+    service = _service()
+    opened = imaging.open_checked(data, config.max_pixels)  # cheap header checks before any model work
+    decoded = imaging.decode(opened, config.max_dimension, service.input_size())
+    del data, opened
+    mask = service.mask(decoded.model_rgb, decoded.size)
+    return decoded, imaging.combine_alpha(mask, decoded.alpha), stem
+
+
+def _file_response(payload: bytes, mimetype: str, download_name: str) -> Response:
+    response = send_file(io.BytesIO(payload), mimetype=mimetype, as_attachment=True, download_name=download_name)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.post("/remove")
+def remove() -> Response:
+    """The subject on a transparent background, as RGBA PNG."""
+    decoded, alpha, stem = _subject()
+    payload = imaging.encode(imaging.cutout(decoded.rgb, alpha), "PNG")
+    return _file_response(payload, "image/png", f"nobg_{stem}.png")
+
+
+@bp.post("/change_color")
+def change_color() -> Response:
+    """The subject over a solid colour (default white), as JPEG."""
+    try:
+        color = colors.parse_color(request.form.get("color"))
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    decoded, alpha, stem = _subject()
+    payload = imaging.encode(imaging.fill(decoded.rgb, alpha, color), "JPEG")
+    return _file_response(payload, "image/jpeg", f"colored_{stem}.jpg")
+
+
+def _memory() -> dict[str, Any]:
+    peak = peak_rss_mb()
+    return {
+        "rss_mb": round(rss_mb(), 1),
+        "peak_rss_mb": round(peak, 1) if peak is not None else None,
+        "model_loaded": _service().loaded,
+    }
+
+
+@bp.get("/health")
+def health() -> tuple[Response, int]:
+    """For the platform's probe: cheap, never waits behind inference."""
+    service = _service()
+    memory = rss_mb()
+    body: dict[str, Any] = {
+        "status": "healthy",
+        "memory_mb": round(memory, 1),
+        "model_loaded": service.loaded,
+        "model": service.model_name,
+        "model_state": service.state.value,
+    }
+    if memory > HIGH_MEMORY_MB:
+        body["warning"] = f"memory {memory:.0f} MB is above {HIGH_MEMORY_MB:.0f} MB; POST /api/bg/clear_cache frees it"
+    if service.state == ModelState.FAILED:
+        body["status"] = "unhealthy"
+        body["error"] = service.describe()["reason"]
+        return jsonify(body), 503
+    return jsonify(body), 200
+
+
+@bp.get("/status")
+def status() -> Response:
+    """Everything a person or a dashboard wants: model, source, state, memory, limits, counters."""
+    service = _service()
+    config = _config()
+    model = service.describe()
+    return jsonify(
+        {
+            "status": "error" if service.state == ModelState.FAILED else "ok",
+            "model": model["name"],
+            "model_info": model,
+            "memory": _memory(),
+            "max_file_size_mb": config.max_file_size_mb,
+            "max_dimension": config.max_dimension,
+            "max_pixels": config.max_pixels,
+            "allowed_extensions": list(ALLOWED_EXTENSIONS),
+            "queue": {"waiting": service.queue_length, "max_queue": config.max_queue,
+                      "timeout_s": config.queue_timeout_s, "rejected_busy": service.stats.rejected_busy},
+            "inference": {"count": service.stats.inferences, "last_seconds": service.stats.last_inference_s,
+                          "threads": config.ort_threads},
+        }
+    )
+
+
+@bp.post("/clear_cache")
+def clear_cache() -> Response:
+    """Drop the model session and return the memory to the OS; the next request reloads it."""
+    freed = _service().clear()
+    return jsonify({"status": "cleared", "freed_mb": round(freed, 1), "memory": _memory()})

@@ -1,0 +1,132 @@
+"""Every environment variable the service reads, parsed and validated once at start-up."""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+from platformdirs import user_cache_dir
+
+from app.services.model_store import CATALOGUE, REMBG_RELEASES
+
+DEFAULT_SECRET_KEY = "pixport-dev-secret-change-me"
+ALLOWED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP")
+ALLOWED_EXTENSIONS: tuple[str, ...] = ("png", "jpg", "jpeg", "gif", "bmp", "tiff", "tif", "webp")
+
+
+class ConfigError(ValueError):
+    """A bad environment value; the message names the variable so start-up can say what to fix."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a whole number") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name}={value} is out of range ({low}..{high})")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name}={value} is out of range ({low}..{high})")
+    return value
+
+
+def _dir(env: Mapping[str, str], name: str, default: Path) -> Path:
+    raw = env.get(name, "").strip()
+    path = Path(raw).expanduser() if raw else default
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{name}={str(path)!r} cannot be created: {exc.strerror}") from None
+    if not os.access(path, os.W_OK):
+        raise ConfigError(f"{name}={str(path)!r} is not writable")
+    return path
+
+
+def _url(env: Mapping[str, str], name: str, default: str) -> str:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.startswith(("http://", "https://")):
+        raise ConfigError(f"{name}={raw!r} must be an http:// or https:// URL")
+    return raw
+
+
+@dataclass(frozen=True)
+class Config:
+    """Immutable settings; build one with Config.from_env()."""
+
+    port: int = 5000
+    flask_env: str = "production"
+    secret_key: str = DEFAULT_SECRET_KEY
+    upload_folder: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "pixport-uploads")
+    processed_folder: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "pixport-processed")
+    model_dir: Path = field(default_factory=lambda: Path(user_cache_dir("pixport-isnet-tiny")))
+    model_path: Path | None = None
+    bg_model: str | None = None
+    model_base_url: str = REMBG_RELEASES
+    ort_threads: int = 1
+    max_file_size_mb: int = 8
+    max_dimension: int = 1024
+    max_pixels: int = 40_000_000
+    queue_timeout_s: float = 30.0
+    max_queue: int = 8
+    api_key: str | None = None
+    metrics: bool = False
+
+    @property
+    def max_content_length(self) -> int:
+        return self.max_file_size_mb * 1024 * 1024
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Config":
+        """Read and validate the environment; raises ConfigError naming the bad variable."""
+        env = os.environ if env is None else env
+        defaults = cls()
+        bg_model = env.get("BG_MODEL", "").strip() or None
+        if bg_model is not None and bg_model not in CATALOGUE:
+            raise ConfigError(f"BG_MODEL={bg_model!r} is not one of {', '.join(CATALOGUE)}")
+        model_path_raw = env.get("MODEL_PATH", "").strip()
+        model_path = Path(model_path_raw).expanduser() if model_path_raw else None
+        if model_path is not None and not model_path.is_file():
+            raise ConfigError(f"MODEL_PATH={model_path_raw!r} is not a file")
+        flask_env = env.get("FLASK_ENV", "").strip().lower() or "production"
+        if flask_env not in ("production", "development", "testing"):
+            raise ConfigError(f"FLASK_ENV={flask_env!r} must be production, development or testing")
+        metrics_raw = env.get("METRICS", "").strip().lower()
+        if metrics_raw not in ("", "0", "1", "true", "false", "yes", "no"):
+            raise ConfigError(f"METRICS={metrics_raw!r} must be 1 or 0")
+        return cls(
+            port=_int(env, "PORT", 5000, 1, 65535),
+            flask_env=flask_env,
+            secret_key=env.get("SECRET_KEY", "").strip() or DEFAULT_SECRET_KEY,
+            upload_folder=_dir(env, "UPLOAD_FOLDER", defaults.upload_folder),
+            processed_folder=_dir(env, "PROCESSED_FOLDER", defaults.processed_folder),
+            model_dir=_dir(env, "MODEL_DIR", defaults.model_dir),
+            model_path=model_path,
+            bg_model=bg_model,
+            model_base_url=_url(env, "MODEL_BASE_URL", REMBG_RELEASES),
+            ort_threads=_int(env, "ORT_THREADS", 1, 1, 64),
+            max_file_size_mb=_int(env, "MAX_FILE_SIZE_MB", 8, 1, 100),
+            max_dimension=_int(env, "MAX_DIMENSION", 1024, 64, 8192),
+            max_pixels=_int(env, "MAX_PIXELS", 40_000_000, 1_000_000, 400_000_000),
+            queue_timeout_s=_float(env, "QUEUE_TIMEOUT_S", 30.0, 0.0, 600.0),
+            max_queue=_int(env, "MAX_QUEUE", 8, 0, 1000),
+            api_key=env.get("API_KEY", "").strip() or None,
+            metrics=metrics_raw in ("1", "true", "yes"),
+        )

@@ -1,0 +1,193 @@
+"""Image operations as small pure functions: decode, validate, orient, resize, cut out, fill, encode.
+
+Everything stays uint8 until the model input, and large JPEGs are decoded at reduced scale (draft
+mode), so a request holds as few full-size copies of a photo as possible.
+"""
+from __future__ import annotations
+
+import io
+import struct
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageChops, ImageOps, UnidentifiedImageError
+
+from app.config import ALLOWED_EXTENSIONS, ALLOWED_FORMATS
+from app.errors import CorruptImage, TooLarge, UnsupportedMedia
+
+_SIXTEEN_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+
+
+@dataclass
+class Decoded:
+    """A photo ready for the model.
+
+    `rgb` is the output-size photo; `model_rgb` is the model's square input made from the largest
+    decoded version (so downscaling for the response does not change the mask); `alpha` is the
+    upload's own transparency at output size, if it had any.
+    """
+
+    rgb: Image.Image
+    model_rgb: Image.Image
+    alpha: Image.Image | None
+    source_format: str
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.rgb.size
+
+
+def check_extension(filename: str) -> None:
+    """Reject names whose extension we never accept; a name without one is judged by content alone."""
+    if "." not in filename:
+        return
+    ext = filename.rsplit(".", 1)[1].lower()
+    if ext not in ALLOWED_EXTENSIONS:
+        raise UnsupportedMedia(
+            f"'.{ext[:10]}' files are not accepted; send one of: {', '.join(ALLOWED_EXTENSIONS)}"
+        )
+
+
+def scaled_size(size: tuple[int, int], max_dimension: int) -> tuple[int, int]:
+    """Fit (w, h) inside max_dimension on the long side, keeping the aspect ratio, never below 1 px."""
+    width, height = size
+    long_side = max(width, height)
+    if long_side <= max_dimension:
+        return width, height
+    scale = max_dimension / long_side
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def open_checked(data: bytes, max_pixels: int) -> Image.Image:
+    """Open lazily (header only) and refuse non-images, unaccepted formats and pixel bombs before decoding."""
+    if not data:
+        raise CorruptImage("the uploaded file is empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError:
+        raise TooLarge(f"the image has too many pixels (limit {max_pixels:,})") from None
+    except UnidentifiedImageError:
+        raise UnsupportedMedia(
+            f"the file is not an image we can read; send one of: {', '.join(ALLOWED_EXTENSIONS)}"
+        ) from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise CorruptImage(f"the image header is damaged ({exc})") from None
+    if image.format not in ALLOWED_FORMATS:
+        raise UnsupportedMedia(
+            f"{image.format} images are not accepted; send one of: {', '.join(ALLOWED_EXTENSIONS)}"
+        )
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise CorruptImage("the image has no pixels")
+    if width * height > max_pixels:
+        raise TooLarge(f"the image is {width}x{height} = {width * height:,} pixels; the limit is {max_pixels:,}")
+    return image
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """16-bit and float greyscale -> 8-bit L by scaling, not clipping (Pillow's convert would clip)."""
+    values = np.asarray(image, dtype=np.float32)
+    peak = float(values.max()) if values.size else 0.0
+    if peak > 255.0:
+        values = values * (255.0 / (65535.0 if peak <= 65535.0 else peak))
+    elif image.mode == "F" and peak <= 1.0:
+        values = values * 255.0
+    return Image.fromarray(np.clip(values, 0, 255).astype(np.uint8), mode="L")
+
+
+def normalise_mode(image: Image.Image) -> Image.Image:
+    """Any Pillow mode -> RGB or RGBA, keeping transparency (palette tRNS, LA, RGBa...)."""
+    if image.mode in ("RGB", "RGBA"):
+        return image
+    if image.mode in _SIXTEEN_BIT_MODES:
+        return _to_8bit(image).convert("RGB")
+    if image.mode == "P":
+        return image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("LA", "La", "PA", "RGBa"):
+        return image.convert("RGBA")
+    return image.convert("RGB")  # CMYK (Pillow handles Adobe's inverted JPEGs), L, 1, YCbCr, LAB...
+
+
+def _draft_size(size: tuple[int, int], max_dimension: int, model_size: int) -> tuple[int, int]:
+    """The smallest JPEG decode size that still serves both the response and the model input."""
+    target = scaled_size(size, max_dimension)
+    return max(target[0], min(size[0], model_size)), max(target[1], min(size[1], model_size))
+
+
+def decode(image: Image.Image, max_dimension: int, model_size: int) -> Decoded:
+    """An opened (open_checked) image -> oriented RGB at output size plus the model's input; 413/422 as ApiError."""
+    source_format = image.format or "unknown"
+    try:
+        if image.format == "JPEG":
+            image.draft("RGB", _draft_size(image.size, max_dimension, model_size))
+        image.seek(0)  # animated GIF/WebP and multi-page TIFF: the first frame
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        image = normalise_mode(image)
+        model_rgb = (image if image.mode == "RGB" else image.convert("RGB")).resize(
+            (model_size, model_size), Image.Resampling.LANCZOS
+        )
+        target = scaled_size(image.size, max_dimension)
+        if target != image.size:
+            image = image.resize(target, Image.Resampling.LANCZOS)
+    except Image.DecompressionBombError:
+        raise TooLarge("the image has too many pixels") from None
+    except (OSError, ValueError, SyntaxError, EOFError, IndexError, struct.error) as exc:
+        raise CorruptImage(f"the image is truncated or corrupt ({exc}); re-export it and try again") from None
+    alpha = None
+    if image.mode == "RGBA":
+        alpha = image.getchannel("A")
+        if alpha.getextrema() == (255, 255):
+            alpha = None
+        image = image.convert("RGB")
+    return Decoded(image, model_rgb, alpha, source_format)
+
+
+def model_input(model_rgb: Image.Image, mean: tuple[float, float, float], std: tuple[float, float, float]) -> np.ndarray:
+    """rembg's normalisation of the already-resized input: divide by the max, subtract mean, divide by std, NCHW float32."""
+    tensor = np.asarray(model_rgb, dtype=np.float32)
+    tensor /= max(float(tensor.max()), 1e-6)
+    tensor -= np.asarray(mean, dtype=np.float32)
+    tensor /= np.asarray(std, dtype=np.float32)
+    return np.ascontiguousarray(tensor.transpose(2, 0, 1)[np.newaxis])
+
+
+def mask_from_output(prediction: np.ndarray, size: tuple[int, int]) -> Image.Image:
+    """rembg's post-processing: channel 0, min-max to [0, 1], x255 (truncating), LANCZOS back to the photo's size."""
+    plane = prediction.reshape(prediction.shape[-2:]).astype(np.float32, copy=False)
+    low, high = float(plane.min()), float(plane.max())
+    scaled = (plane - low) / (high - low) if high > low else np.zeros_like(plane)
+    mask = Image.fromarray((scaled * 255).astype(np.uint8), mode="L")
+    return mask.resize(size, Image.Resampling.LANCZOS)
+
+
+def combine_alpha(mask: Image.Image, own_alpha: Image.Image | None) -> Image.Image:
+    """The upload's own transparency stays transparent in the cutout."""
+    return mask if own_alpha is None else ImageChops.multiply(mask, own_alpha)
+
+
+def cutout(rgb: Image.Image, alpha: Image.Image) -> Image.Image:
+    """RGBA with the original colours untouched and the mask as alpha (no darkened edges)."""
+    result = rgb.copy()
+    result.putalpha(alpha)
+    return result
+
+
+def fill(rgb: Image.Image, alpha: Image.Image, color: tuple[int, int, int]) -> Image.Image:
+    """The subject composited over a solid colour."""
+    return Image.composite(rgb, Image.new("RGB", rgb.size, color), alpha)
+
+
+def encode(image: Image.Image, fmt: str) -> bytes:
+    """PNG (lossless, keeps alpha) or JPEG (quality 95, no alpha)."""
+    buffer = io.BytesIO()
+    if fmt == "PNG":
+        image.save(buffer, format="PNG", compress_level=6)
+    elif fmt == "JPEG":
+        image.convert("RGB").save(buffer, format="JPEG", quality=95, subsampling=0)
+    else:
+        raise ValueError(f"unsupported output format {fmt}")
+    return buffer.getvalue()

@@ -1,0 +1,323 @@
+"""IsnetTinyService: the process's one model session, inference one at a time, and memory figures.
+
+The session is created lazily in a background thread so that /health and /status answer while a model
+downloads, builds or loads. Inference is admitted through a bounded queue and a single-slot semaphore,
+so the process never holds more than one full-size set of activations: its peak memory is one request's.
+This module knows nothing of Flask.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import gc
+import logging
+import os
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import onnxruntime as ort
+import psutil
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+from PIL import Image
+
+from app import imaging
+from app.config import Config
+from app.errors import Unavailable
+from app.services import model_store
+from app.services.model_store import ModelFile, ModelSpec, ModelUnavailable
+
+log = logging.getLogger(__name__)
+
+ORT_ERRORS: tuple[type[Exception], ...] = (
+    ort_state.Fail,
+    ort_state.InvalidProtobuf,
+    ort_state.NoSuchFile,
+    ort_state.InvalidArgument,
+    ort_state.InvalidGraph,
+    ort_state.RuntimeException,
+)
+RETRY_FAILED_AFTER_S = 30.0
+HIGH_MEMORY_MB = 450.0
+
+
+class ModelState(str, Enum):
+    NOT_LOADED = "not_loaded"
+    DOWNLOADING = "downloading"
+    PREPARING = "preparing"
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+
+
+@dataclass
+class Stats:
+    inferences: int = 0
+    last_inference_s: float | None = None
+    load_seconds: float | None = None
+    rejected_busy: int = 0
+
+
+def rss_mb() -> float:
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def peak_rss_mb() -> float | None:
+    """VmHWM: the process's peak resident set since start (Linux only)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    return ctypes.CDLL(name) if name else None
+
+
+def tune_malloc(mmap_threshold: int = 131072) -> None:
+    """Serve big buffers (activations, decoded photos) with mmap so they go back to the OS when freed.
+
+    glibc's dynamic threshold otherwise climbs after the first large free and keeps later ones on the
+    heap, where fragmentation pins them. An explicit MALLOC_MMAP_THRESHOLD_ in the environment wins.
+    """
+    libc = _libc()
+    if libc is None or not hasattr(libc, "mallopt") or os.environ.get("MALLOC_MMAP_THRESHOLD_"):
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_mmap_threshold, mmap_threshold)
+    libc.mallopt(m_trim_threshold, mmap_threshold)
+
+
+def release_memory_to_os() -> None:
+    """Collect Python garbage and ask glibc to hand freed heap pages back (no-op elsewhere)."""
+    gc.collect()
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+
+
+# NCHWc re-layout speeds u2netp's fp32 convolutions ~15 % but its reorder buffers add ~75 MB to the
+# peak (bench/README.md); memory is the budget that matters in a 512 MB container.
+DISABLED_OPTIMIZERS = ["NchwcTransformer"]
+
+
+def create_session(path: str, threads: int) -> ort.InferenceSession:
+    """A lean CPU session: few threads, no arena, no memory pattern (both only raise the peak here)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.enable_cpu_mem_arena = False
+    options.enable_mem_pattern = False
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    return ort.InferenceSession(
+        path, sess_options=options, providers=["CPUExecutionProvider"], disabled_optimizers=DISABLED_OPTIMIZERS
+    )
+
+
+class IsnetTinyService:
+    """One per process (see instance()); thread-safe."""
+
+    _instance: "IsnetTinyService | None" = None
+    _instance_lock = threading.Lock()
+
+    def __init__(self, config: Config, preparer: Callable[[ModelSpec, Config], ModelFile] | None = None) -> None:
+        self.config = config
+        self._preparer = preparer
+        self._session: ort.InferenceSession | None = None
+        self._file: ModelFile | None = None
+        self._input_name = ""
+        self._output_name = ""
+        self._input_size = 0
+        self._state = ModelState.NOT_LOADED
+        self._reason: str | None = None
+        self._failed_at = 0.0
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self._loader: threading.Thread | None = None
+        self._slot = threading.Semaphore(1)
+        self._waiting = 0
+        self.stats = Stats()
+
+    @classmethod
+    def instance(cls, config: Config) -> "IsnetTinyService":
+        """The process-wide singleton; a new config (tests) replaces it."""
+        with cls._instance_lock:
+            if cls._instance is None or cls._instance.config is not config:
+                cls._instance = cls(config)
+            return cls._instance
+
+    @property
+    def model_name(self) -> str:
+        if self._file is not None:
+            return self._file.spec.name
+        if self.config.bg_model:
+            return self.config.bg_model
+        return model_store.default_model_name(self.config.model_dir)
+
+    @property
+    def state(self) -> ModelState:
+        return self._state
+
+    @property
+    def loaded(self) -> bool:
+        return self._session is not None
+
+    @property
+    def queue_length(self) -> int:
+        return self._waiting
+
+    def describe(self) -> dict[str, Any]:
+        """Model, source, state and reason for /status."""
+        return {
+            "name": self.model_name,
+            "state": self._state.value,
+            "source": self._file.source if self._file else None,
+            "path": self._file.path.name if self._file else None,
+            "input_size": self._input_size or None,
+            "reason": self._reason,
+            "load_seconds": self.stats.load_seconds,
+        }
+
+    def start_loading(self) -> None:
+        """Kick off the background load unless it is running, done, or failed very recently."""
+        with self._lock:
+            if self._state == ModelState.READY or (self._loader is not None and self._loader.is_alive()):
+                return
+            if self._state == ModelState.FAILED and time.monotonic() - self._failed_at < RETRY_FAILED_AFTER_S:
+                return
+            self._state = ModelState.LOADING
+            self._reason = None
+            self._ready.clear()
+            self._loader = threading.Thread(target=self._load, name="model-loader", daemon=True)
+            self._loader.start()
+
+    def _set_state(self, state: ModelState) -> None:
+        self._state = state
+        log.info("model %s: %s", self.model_name, state.value)
+
+    def _resolve(self) -> ModelFile:
+        config = self.config
+        if config.model_path is not None:
+            spec = model_store.CATALOGUE[config.bg_model] if config.bg_model else None
+            return ModelFile(spec or model_store.CATALOGUE["u2netp"], config.model_path, "model_path")
+        spec = model_store.CATALOGUE[config.bg_model or model_store.default_model_name(config.model_dir)]
+        local = model_store.find_local(spec, config.model_dir)
+        if local is not None:
+            return local
+        if spec.downloadable:
+            self._set_state(ModelState.DOWNLOADING)
+            return model_store.download(spec, config.model_dir, config.model_base_url)
+        if self._preparer is None:
+            raise ModelUnavailable(
+                f"{spec.name} is not in {config.model_dir}; build it with "
+                f"`flask --app app_isnet_tiny prepare-model {spec.name}`"
+            )
+        self._set_state(ModelState.PREPARING)
+        return self._preparer(spec, config)
+
+    def _load(self) -> None:
+        started = time.monotonic()
+        try:
+            found = self._resolve()
+            self._set_state(ModelState.LOADING)
+            session = create_session(str(found.path), self.config.ort_threads)
+        except (ModelUnavailable, OSError, *ORT_ERRORS) as exc:
+            self._reason = str(exc) if isinstance(exc, ModelUnavailable) else f"cannot load the model file: {exc}"
+            self._failed_at = time.monotonic()
+            self._set_state(ModelState.FAILED)
+            log.error("model %s failed: %s", self.model_name, self._reason)
+            self._ready.set()
+            return
+        model_input = session.get_inputs()[0]
+        size = model_input.shape[-1] if isinstance(model_input.shape[-1], int) else found.spec.input_size
+        if found.source == "model_path" and not self.config.bg_model:
+            found = ModelFile(model_store.spec_for_input_size(size), found.path, found.source)
+        self._input_name = model_input.name
+        self._output_name = session.get_outputs()[0].name
+        self._input_size = size
+        self._file = found
+        self._session = session
+        self.stats.load_seconds = round(time.monotonic() - started, 3)
+        self._set_state(ModelState.READY)
+        self._ready.set()
+
+    def wait_until_ready(self, timeout_s: float) -> None:
+        """Block up to timeout_s for the model; 503 with Retry-After if it is still coming or has failed."""
+        self.start_loading()
+        if self._state not in (ModelState.READY, ModelState.FAILED):
+            self._ready.wait(timeout_s)
+        if self._state == ModelState.FAILED:
+            raise Unavailable(f"the model is unavailable: {self._reason}", retry_after=int(RETRY_FAILED_AFTER_S))
+        if self._state != ModelState.READY:
+            raise Unavailable(f"the model is {self._state.value}; try again shortly", retry_after=10)
+
+    @contextmanager
+    def _admitted(self) -> Iterator[None]:
+        """The bounded queue: one runs, at most max_queue wait, each for at most queue_timeout_s."""
+        if not self._slot.acquire(blocking=False):
+            with self._lock:
+                if self._waiting >= self.config.max_queue:
+                    self.stats.rejected_busy += 1
+                    raise Unavailable("the server is busy; try again in a few seconds", retry_after=5)
+                self._waiting += 1
+            try:
+                acquired = self._slot.acquire(timeout=self.config.queue_timeout_s)
+            finally:
+                with self._lock:
+                    self._waiting -= 1
+            if not acquired:
+                self.stats.rejected_busy += 1
+                raise Unavailable("the server is busy; try again in a few seconds", retry_after=5)
+        try:
+            yield
+        finally:
+            self._slot.release()
+
+    def input_size(self) -> int:
+        """The loaded model's square input size, waiting for the model if needed (503 if it cannot come)."""
+        self.wait_until_ready(self.config.queue_timeout_s)
+        return self._input_size
+
+    def mask(self, model_rgb: Image.Image, size: tuple[int, int]) -> Image.Image:
+        """The subject's alpha mask (L) at `size`, from the model-size RGB input."""
+        self.wait_until_ready(self.config.queue_timeout_s)
+        with self._admitted():
+            session, spec = self._session, self._file.spec if self._file else None
+            if session is None or spec is None:
+                raise Unavailable("the model was unloaded; try again", retry_after=1)
+            if model_rgb.size != (self._input_size, self._input_size):
+                model_rgb = model_rgb.resize((self._input_size, self._input_size), Image.Resampling.LANCZOS)
+            started = time.monotonic()
+            tensor = imaging.model_input(model_rgb, spec.mean, spec.std)
+            prediction = session.run([self._output_name], {self._input_name: tensor})[0]
+            del tensor
+            mask = imaging.mask_from_output(np.asarray(prediction), size)
+            del prediction
+            self.stats.inferences += 1
+            self.stats.last_inference_s = round(time.monotonic() - started, 3)
+        return mask
+
+    def clear(self) -> float:
+        """Drop the session and return freed memory to the OS; returns MB freed (may be ~0)."""
+        before = rss_mb()
+        with self._slot:
+            with self._lock:
+                self._session = None
+                self._file = None
+                self._input_size = 0
+                self._state = ModelState.NOT_LOADED
+                self._reason = None
+                self._ready.clear()
+            release_memory_to_os()
+        return max(0.0, before - rss_mb())

@@ -1,0 +1,140 @@
+"""Sweep int8 quantisation recipes for isnet-general-tiny and measure each one.
+
+    python bench/quant_sweep.py --source ../shared/models/isnet-general-use.fp16.onnx --out /tmp/sweep
+    python bench/quant_sweep.py ... --only base,minmax      # a subset
+    python bench/quant_sweep.py ... --list                  # variant names
+
+For every variant: build (app.services.model_build.quantize, calibration ranges
+cached per method in OUT/calib-*.json so variants that only differ in excluded
+nodes reuse them), then measure in a fresh subprocess with bench/measure_model.py
+(peak RSS, median latency, IoU/MAE vs the fp32 IS-Net reference masks). Results
+are appended to OUT/results.jsonl; variants already there are skipped unless
+--force. Runs strictly one thing at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import onnx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from app.services.model_build import (  # noqa: E402
+    DEFAULT_RECIPE,
+    Recipe,
+    calibration_images,
+    load_source,
+    quantize,
+)
+
+BASE = DEFAULT_RECIPE
+ROLES4 = ("first_conv", "mask_conv", "mask_resize", "mask_sigmoid")
+
+
+def names_with(model: onnx.ModelProto, prefixes: tuple[str, ...], ops: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """Node names starting with any prefix (and of one of ``ops`` if given)."""
+    return tuple(
+        n.name for n in model.graph.node
+        if n.name.startswith(prefixes) and (not ops or n.op_type in ops)
+    )
+
+
+def variants(model: onnx.ModelProto) -> dict[str, Recipe]:
+    """Every recipe the sweep knows, by name."""
+    p = Recipe  # noqa: F841
+    v: dict[str, Recipe] = {
+        "base": BASE,  # P99.999, per-channel, U8/S8, 4 roles in float
+        "all-int8": replace(BASE, exclude=("mask_sigmoid",)),
+        "minmax": replace(BASE, calibrate_method="MinMax"),
+        "entropy": replace(BASE, calibrate_method="Entropy"),
+        "p99.99": replace(BASE, percentile=99.99),
+        "p99.9999": replace(BASE, percentile=99.9999),
+        "no-first-conv": replace(BASE, exclude=("mask_conv", "mask_resize", "mask_sigmoid")),
+        "no-mask-conv": replace(BASE, exclude=("first_conv", "mask_resize", "mask_sigmoid")),
+        "resize-float": replace(BASE, exclude_nodes=names_with(model, ("/",), ("Resize",))),
+        "stage1d-float": replace(BASE, exclude_nodes=names_with(model, ("/stage1d/",))),
+        "stage1-float": replace(BASE, exclude_nodes=names_with(model, ("/stage1/",))),
+        "reduce-range": replace(BASE, reduce_range=True),
+        "qoperator": replace(BASE, quant_format="QOperator"),
+    }
+    return v
+
+
+def measure(model_path: Path, env_extra: dict[str, str]) -> dict:
+    """Run bench/measure_model.py in a fresh process and parse its JSON."""
+    env = dict(os.environ, **env_extra)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "measure_model.py"), str(model_path), "--json"],
+        env=env, check=True, capture_output=True, text=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def calib_cache(out: Path, r: Recipe) -> Path:
+    """Per-method calibration cache file."""
+    tag = r.calibrate_method + (f"-{r.percentile}" if r.calibrate_method == "Percentile" else "")
+    return out / f"calib-{tag}.json"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--source", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--only", default="", help="comma-separated variant names")
+    ap.add_argument("--force", action="store_true")
+    ap.add_argument("--list", action="store_true")
+    ap.add_argument("--fp32", action="store_true", help="also measure the pruned fp32 model")
+    ap.add_argument("--malloc-env", default="MALLOC_MMAP_THRESHOLD_=131072",
+                    help="env for the measuring process, e.g. 'MALLOC_MMAP_THRESHOLD_=131072' or ''")
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    env_extra = dict(kv.split("=", 1) for kv in args.malloc_env.split() if kv)
+
+    fp32_path = args.out / "fp32.onnx"
+    model = load_source(args.source)
+    if not fp32_path.exists():
+        onnx.save(model, str(fp32_path))
+    all_v = variants(model)
+    if args.list:
+        print("\n".join(all_v))
+        return
+    names = [n for n in args.only.split(",") if n] or list(all_v)
+    results = args.out / "results.jsonl"
+    done = set()
+    if results.exists():
+        done = {json.loads(line)["variant"] for line in results.read_text().splitlines() if line.strip()}
+    todo: list[tuple[str, Path, Recipe | None]] = []
+    if args.fp32:
+        todo.append(("fp32-pruned", fp32_path, None))
+    todo += [(n, args.out / f"{n}.onnx", all_v[n]) for n in names]
+    images = calibration_images()
+    for name, path, recipe in todo:
+        if name in done and not args.force:
+            print(f"skip {name} (in results)")
+            continue
+        build_s = 0.0
+        if recipe is not None:
+            t = time.perf_counter()
+            path.write_bytes(quantize(model, images, recipe, calibration_cache=calib_cache(args.out, recipe)))
+            build_s = time.perf_counter() - t
+        res = measure(path, env_extra)
+        res.update(variant=name, build_s=round(build_s, 1), env=args.malloc_env,
+                   recipe=asdict(recipe) if recipe else None)
+        with results.open("a") as fh:
+            fh.write(json.dumps(res) + "\n")
+        print(f"{name}: {res['size_mb']} MB file, peak {res['peak_rss_1_mb']} MB, "
+              f"{res['median_run_s']} s, IoU {res['iou_mean']}/{res['iou_min']}, MAE {res['mae_mean']}",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
