@@ -40,9 +40,10 @@ class Decoded:
 
 def check_extension(filename: str) -> None:
     """Reject names whose extension we never accept; a name without one is judged by content alone."""
-    if "." not in filename:
+    base = filename.replace("\\", "/").rsplit("/", 1)[-1]
+    if "." not in base:
         return
-    ext = filename.rsplit(".", 1)[1].lower()
+    ext = base.rsplit(".", 1)[1].lower()
     if ext not in ALLOWED_EXTENSIONS:
         raise UnsupportedMedia(
             f"'.{ext[:10]}' files are not accepted; send one of: {', '.join(ALLOWED_EXTENSIONS)}"

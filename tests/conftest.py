@@ -1,0 +1,94 @@
+"""Shared fixtures: an app on a throw-away MODEL_DIR, images made in memory, tiny ONNX graphs."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import onnx
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from onnx import TensorProto, helper
+from PIL import Image
+
+from app import create_app
+from app.services.isnet_tiny_service import IsnetTinyService
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    """An environment for create_app whose folders are all inside tmp_path."""
+    for name in ("models", "uploads", "processed"):
+        (tmp_path / name).mkdir()
+    return {
+        "FLASK_ENV": "testing",
+        "MODEL_DIR": str(tmp_path / "models"),
+        "UPLOAD_FOLDER": str(tmp_path / "uploads"),
+        "PROCESSED_FOLDER": str(tmp_path / "processed"),
+        "QUEUE_TIMEOUT_S": "20",
+    }
+
+
+@pytest.fixture
+def make_app(env: dict[str, str]) -> Iterator[Callable[..., Flask]]:
+    """create_app with the test environment plus overrides; each app gets a fresh service."""
+
+    def factory(**overrides: str) -> Flask:
+        IsnetTinyService._instance = None
+        return create_app({**env, **overrides})
+
+    yield factory
+    IsnetTinyService._instance = None
+
+
+@pytest.fixture
+def app(make_app: Callable[..., Flask]) -> Flask:
+    return make_app()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+def image_bytes(image: Image.Image, fmt: str, **save: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **save)
+    return buffer.getvalue()
+
+
+def photo(size: tuple[int, int] = (64, 48), mode: str = "RGB") -> Image.Image:
+    """A subject-on-background picture: a bright disc on a dark gradient."""
+    width, height = size
+    y, x = np.mgrid[0:height, 0:width]
+    disc = ((x - width / 2) ** 2 + (y - height / 2) ** 2) < (min(size) / 3) ** 2
+    rgb = np.stack([x * 255 // max(width, 1), y * 255 // max(height, 1), np.full_like(x, 60)], axis=-1)
+    rgb[disc] = (250, 240, 230)
+    return Image.fromarray(rgb.astype(np.uint8), "RGB").convert(mode)
+
+
+def upload(data: bytes, name: str = "photo.png", **fields: str) -> dict[str, object]:
+    return {"file": (io.BytesIO(data), name), **fields}
+
+
+def tiny_onnx(path: Path, size: int = 32) -> Path:
+    """A model with the IS-Net interface at a small size: input [1,3,s,s] -> sigmoid(mean over channels)."""
+    inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, size, size])
+    out = helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 1, size, size])
+    side = helper.make_tensor_value_info("side", TensorProto.FLOAT, [1, 1, size, size])
+    nodes = [
+        helper.make_node("ReduceMean", ["input", "axes"], ["mean"], keepdims=1),
+        helper.make_node("Sigmoid", ["mean"], ["output"]),
+        helper.make_node("Identity", ["mean"], ["side"]),
+    ]
+    axes = helper.make_tensor("axes", TensorProto.INT64, [1], [1])
+    graph = helper.make_graph(nodes, "tiny", [inp], [out, side], initializer=[axes])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.save(model, str(path))
+    return path
