@@ -8,20 +8,7 @@ from flask import Flask, current_app
 
 from app.config import Config
 from app.services import model_store
-
-
-def prepare_tiny(config: Config, source: Path | None) -> model_store.ModelFile:
-    """Build isnet-general-tiny into MODEL_DIR from a local IS-Net file or a pooch download."""
-    from app.services.model_build import build_isnet_tiny
-
-    spec = model_store.CATALOGUE[model_store.TINY]
-    if source is None:
-        source = model_store.fetch_into_dir(
-            model_store.CATALOGUE["isnet-general-use"], config.model_dir, config.model_base_url
-        ).path
-    dest = config.model_dir / spec.filename
-    build_isnet_tiny(source, dest)
-    return model_store.ModelFile(spec, dest, "built")
+from app.services.model_prepare import prepare_tiny
 
 
 def register_cli(app: Flask) -> None:
@@ -37,7 +24,7 @@ def register_cli(app: Flask) -> None:
             raise click.UsageError("--source is only for isnet-general-tiny")
         try:
             if name == model_store.TINY:
-                found = prepare_tiny(config, source)
+                found = prepare_tiny(config.model_dir, source or config.isnet_source, config.model_base_url)
             else:
                 found = model_store.fetch_into_dir(spec, config.model_dir, config.model_base_url)
         except model_store.ModelUnavailable as exc:

@@ -80,6 +80,7 @@ class Config:
     model_path: Path | None = None
     bg_model: str | None = None
     model_base_url: str = REMBG_RELEASES
+    isnet_source: Path | None = None
     ort_threads: int = 1
     max_file_size_mb: int = 8
     max_dimension: int = 1024
@@ -105,6 +106,10 @@ class Config:
         model_path = Path(model_path_raw).expanduser() if model_path_raw else None
         if model_path is not None and not model_path.is_file():
             raise ConfigError(f"MODEL_PATH={model_path_raw!r} is not a file")
+        isnet_source_raw = env.get("ISNET_SOURCE", "").strip()
+        isnet_source = Path(isnet_source_raw).expanduser() if isnet_source_raw else None
+        if isnet_source is not None and not isnet_source.is_file():
+            raise ConfigError(f"ISNET_SOURCE={isnet_source_raw!r} is not a file")
         flask_env = env.get("FLASK_ENV", "").strip().lower() or "production"
         if flask_env not in ("production", "development", "testing"):
             raise ConfigError(f"FLASK_ENV={flask_env!r} must be production, development or testing")
@@ -120,6 +125,7 @@ class Config:
             model_dir=_dir(env, "MODEL_DIR", defaults.model_dir),
             model_path=model_path,
             bg_model=bg_model,
+            isnet_source=isnet_source,
             model_base_url=_url(env, "MODEL_BASE_URL", REMBG_RELEASES),
             ort_threads=_int(env, "ORT_THREADS", 1, 1, 64),
             max_file_size_mb=_int(env, "MAX_FILE_SIZE_MB", 8, 1, 100),

@@ -134,11 +134,13 @@ def test_clear_cache_unloads_and_next_request_reloads(client):
     assert client.post("/api/bg/remove", data=upload(image_bytes(photo(), "PNG"))).status_code == 200
 
 
-def test_missing_model_is_503_with_reason_and_health_says_so(make_app, tmp_path):
-    client = make_app(BG_MODEL="isnet-general-tiny").test_client()
+def test_unreachable_model_is_503_with_reason_and_health_says_so(make_app):
+    from tests.test_model_store import closed_port
+
+    client = make_app(BG_MODEL="isnet-general-use", MODEL_BASE_URL=f"http://127.0.0.1:{closed_port()}/").test_client()
     response = client.post("/api/bg/remove", data=upload(image_bytes(photo(), "PNG")))
     message = assert_json_error(response, 503)
-    assert "isnet-general-tiny" in message and response.headers["Retry-After"]
+    assert "isnet-general-use" in message and response.headers["Retry-After"]
     assert client.get("/api/bg/health").status_code == 503
     status = client.get("/api/bg/status").get_json()
     assert status["model_info"]["state"] == "failed" and status["model_info"]["reason"]

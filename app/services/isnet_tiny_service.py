@@ -17,7 +17,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import onnxruntime as ort
@@ -29,7 +29,8 @@ from app import imaging
 from app.config import Config
 from app.errors import Unavailable
 from app.services import model_store
-from app.services.model_store import ModelFile, ModelSpec, ModelUnavailable
+from app.services.model_prepare import prepare_tiny_in_child
+from app.services.model_store import ModelFile, ModelUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ ORT_ERRORS: tuple[type[Exception], ...] = (
     ort_state.RuntimeException,
 )
 RETRY_FAILED_AFTER_S = 30.0
+LONG_OPERATION_RETRY_S = 30
 HIGH_MEMORY_MB = 450.0
 
 
@@ -131,9 +133,8 @@ class IsnetTinyService:
     _instance: "IsnetTinyService | None" = None
     _instance_lock = threading.Lock()
 
-    def __init__(self, config: Config, preparer: Callable[[ModelSpec, Config], ModelFile] | None = None) -> None:
+    def __init__(self, config: Config) -> None:
         self.config = config
-        self._preparer = preparer
         self._session: ort.InferenceSession | None = None
         self._file: ModelFile | None = None
         self._input_name = ""
@@ -218,13 +219,8 @@ class IsnetTinyService:
         if spec.downloadable:
             self._set_state(ModelState.DOWNLOADING)
             return model_store.download(spec, config.model_dir, config.model_base_url)
-        if self._preparer is None:
-            raise ModelUnavailable(
-                f"{spec.name} is not in {config.model_dir}; build it with "
-                f"`flask --app app_isnet_tiny prepare-model {spec.name}`"
-            )
         self._set_state(ModelState.PREPARING)
-        return self._preparer(spec, config)
+        return prepare_tiny_in_child(config.model_dir, config.isnet_source, config.model_base_url)
 
     def _load(self) -> None:
         started = time.monotonic()
@@ -253,10 +249,17 @@ class IsnetTinyService:
         self._ready.set()
 
     def wait_until_ready(self, timeout_s: float) -> None:
-        """Block up to timeout_s for the model; 503 with Retry-After if it is still coming or has failed."""
+        """Block up to timeout_s for the model; 503 with Retry-After if it is still coming or has failed.
+
+        A download or a build takes minutes, so while one runs the request is answered at once.
+        """
         self.start_loading()
-        if self._state not in (ModelState.READY, ModelState.FAILED):
-            self._ready.wait(timeout_s)
+        deadline = time.monotonic() + timeout_s
+        while self._state not in (ModelState.READY, ModelState.FAILED) and time.monotonic() < deadline:
+            if self._state in (ModelState.DOWNLOADING, ModelState.PREPARING):
+                raise Unavailable(f"the model {self.model_name} is {self._state.value}; try again shortly",
+                                  retry_after=LONG_OPERATION_RETRY_S)
+            self._ready.wait(0.05)
         if self._state == ModelState.FAILED:
             raise Unavailable(f"the model is unavailable: {self._reason}", retry_after=int(RETRY_FAILED_AFTER_S))
         if self._state != ModelState.READY:
