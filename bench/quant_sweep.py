@@ -50,7 +50,6 @@ def names_with(model: onnx.ModelProto, prefixes: tuple[str, ...], ops: tuple[str
 
 def variants(model: onnx.ModelProto) -> dict[str, Recipe]:
     """Every recipe the sweep knows, by name."""
-    p = Recipe  # noqa: F841
     v: dict[str, Recipe] = {
         "base": BASE,  # P99.999, per-channel, U8/S8, 4 roles in float
         "all-int8": replace(BASE, exclude=("mask_sigmoid",)),
@@ -58,6 +57,8 @@ def variants(model: onnx.ModelProto) -> dict[str, Recipe]:
         "entropy": replace(BASE, calibrate_method="Entropy"),
         "p99.99": replace(BASE, percentile=99.99),
         "p99.9999": replace(BASE, percentile=99.9999),
+        "p99.9": replace(BASE, percentile=99.9),
+        "p99.95": replace(BASE, percentile=99.95),
         "no-first-conv": replace(BASE, exclude=("mask_conv", "mask_resize", "mask_sigmoid")),
         "no-mask-conv": replace(BASE, exclude=("first_conv", "mask_resize", "mask_sigmoid")),
         "resize-float": replace(BASE, exclude_nodes=names_with(model, ("/",), ("Resize",))),
