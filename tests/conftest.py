@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import time
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -92,3 +93,15 @@ def tiny_onnx(path: Path, size: int = 32) -> Path:
     model.ir_version = 9
     onnx.save(model, str(path))
     return path
+
+
+def wait_for_state(client: FlaskClient, wanted: set[str], seconds: float = 120) -> dict:
+    """Poll /status until the model reaches one of `wanted` states; returns model_info."""
+    deadline = time.monotonic() + seconds
+    info: dict = {}
+    while time.monotonic() < deadline:
+        info = client.get("/api/bg/status").get_json()["model_info"]
+        if info["state"] in wanted:
+            return info
+        time.sleep(0.1)
+    raise AssertionError(f"state never reached {wanted}: {info}")

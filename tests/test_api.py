@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import image_bytes, photo, upload
+from tests.conftest import image_bytes, photo, upload, wait_for_state
 
 
 def assert_json_error(response, status: int) -> str:
@@ -141,9 +141,9 @@ def test_unreachable_model_is_503_with_reason_and_health_says_so(make_app):
     response = client.post("/api/bg/remove", data=upload(image_bytes(photo(), "PNG")))
     message = assert_json_error(response, 503)
     assert "isnet-general-use" in message and response.headers["Retry-After"]
+    info = wait_for_state(client, {"failed"})
+    assert "isnet-general-use" in info["reason"]
     assert client.get("/api/bg/health").status_code == 503
-    status = client.get("/api/bg/status").get_json()
-    assert status["model_info"]["state"] == "failed" and status["model_info"]["reason"]
 
 
 def test_corrupt_model_file_is_503(make_app, tmp_path: Path):
@@ -175,3 +175,17 @@ def test_page_lists_endpoints_with_the_real_host(client):
     assert "http://pixport.example:8080/api/bg/remove" in page
     for path in ("/api/bg/remove", "/api/bg/change_color", "/api/bg/health", "/api/bg/status", "/api/bg/clear_cache"):
         assert path in page
+
+
+def test_api_key_guards_image_endpoints_and_clear_cache(make_app):
+    client = make_app(API_KEY="s3cret-key").test_client()
+    data = image_bytes(photo(), "PNG")
+    for path in ("/api/bg/remove", "/api/bg/change_color", "/api/bg/clear_cache"):
+        message = assert_json_error(client.post(path, data=upload(data)), 401)
+        assert "API key" in message
+        assert_json_error(client.post(path, data=upload(data), headers={"Authorization": "Bearer wrong"}), 401)
+    assert client.get("/api/bg/health").status_code == 200
+    assert client.get("/api/bg/status").status_code == 200
+    ok = client.post("/api/bg/remove", data=upload(data), headers={"Authorization": "Bearer s3cret-key"})
+    assert ok.status_code == 200
+    assert client.post("/api/bg/clear_cache", headers={"X-API-Key": "s3cret-key"}).status_code == 200

@@ -2,23 +2,12 @@
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 from app.services import model_prepare, model_store
-from tests.conftest import image_bytes, photo, upload
+from tests.conftest import image_bytes, photo, upload, wait_for_state
 from tests.test_model_build import _save, _tiny_isnet
 from tests.test_model_store import closed_port
-
-
-def wait_for_state(client, wanted: set[str], seconds: float = 120) -> dict:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        info = client.get("/api/bg/status").get_json()["model_info"]
-        if info["state"] in wanted:
-            return info
-        time.sleep(0.2)
-    raise AssertionError(f"state never reached {wanted}: {info}")
 
 
 def test_tiny_is_prepared_lazily_answering_503_meanwhile(make_app, tmp_path: Path, env):

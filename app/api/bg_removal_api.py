@@ -4,6 +4,7 @@ This blueprint never touches onnxruntime; all model work goes through IsnetTinyS
 """
 from __future__ import annotations
 
+import hmac
 import io
 from pathlib import PurePath
 from typing import Any
@@ -13,10 +14,12 @@ from werkzeug.utils import secure_filename
 
 from app import colors, imaging
 from app.config import ALLOWED_EXTENSIONS, Config
-from app.errors import BadRequest
+from app.errors import ApiError, BadRequest
 from app.services.isnet_tiny_service import HIGH_MEMORY_MB, IsnetTinyService, ModelState, peak_rss_mb, rss_mb
 
 bp = Blueprint("bg", __name__, url_prefix="/api/bg")
+
+OPEN_ENDPOINTS = {"bg.health", "bg.status"}
 
 
 def _config() -> Config:
@@ -25,6 +28,24 @@ def _config() -> Config:
 
 def _service() -> IsnetTinyService:
     return current_app.extensions["isnet_tiny"]
+
+
+def _presented_key() -> str | None:
+    auth = request.headers.get("Authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip()
+    return request.headers.get("X-API-Key")
+
+
+@bp.before_request
+def require_api_key() -> None:
+    """With API_KEY set, everything but the platform's probes needs the key (compared in constant time)."""
+    expected = _config().api_key
+    if expected is None or request.endpoint in OPEN_ENDPOINTS:
+        return
+    presented = _presented_key()
+    if presented is None or not hmac.compare_digest(presented.encode(), expected.encode()):
+        raise ApiError("missing or wrong API key; send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'", 401)
 
 
 def _safe_stem(filename: str) -> str:
