@@ -29,7 +29,7 @@ class Decoded:
     """
 
     rgb: Image.Image
-    model_rgb: Image.Image
+    model_rgb: Image.Image | None
     alpha: Image.Image | None
     source_format: str
 
@@ -118,19 +118,24 @@ def _draft_size(size: tuple[int, int], max_dimension: int, model_size: int) -> t
     return max(target[0], min(size[0], model_size)), max(target[1], min(size[1], model_size))
 
 
-def decode(image: Image.Image, max_dimension: int, model_size: int) -> Decoded:
-    """An opened (open_checked) image -> oriented RGB at output size plus the model's input; 413/422 as ApiError."""
+def decode(image: Image.Image, max_dimension: int, model_size: int | None = None) -> Decoded:
+    """An opened (open_checked) image -> oriented RGB at output size plus, given model_size, the model's input.
+
+    413/422 as ApiError.
+    """
     source_format = image.format or "unknown"
     try:
         if image.format == "JPEG":
-            image.draft("RGB", _draft_size(image.size, max_dimension, model_size))
+            image.draft("RGB", _draft_size(image.size, max_dimension, model_size or 1))
         image.seek(0)  # animated GIF/WebP and multi-page TIFF: the first frame
         image.load()
         image = ImageOps.exif_transpose(image)
         image = normalise_mode(image)
-        model_rgb = (image if image.mode == "RGB" else image.convert("RGB")).resize(
-            (model_size, model_size), Image.Resampling.LANCZOS
-        )
+        model_rgb = None
+        if model_size is not None:
+            model_rgb = (image if image.mode == "RGB" else image.convert("RGB")).resize(
+                (model_size, model_size), Image.Resampling.LANCZOS
+            )
         target = scaled_size(image.size, max_dimension)
         if target != image.size:
             image = image.resize(target, Image.Resampling.LANCZOS)
@@ -170,6 +175,23 @@ def combine_alpha(mask: Image.Image, own_alpha: Image.Image | None) -> Image.Ima
     return mask if own_alpha is None else ImageChops.multiply(mask, own_alpha)
 
 
+def subject_box(alpha: Image.Image, margin: tuple[float, str], threshold: int = 10) -> tuple[int, int, int, int] | None:
+    """The subject's bounding box grown by margin ((n, "px") or (n, "%") of the box), clamped to the image.
+
+    None when the mask is empty, so callers can keep the whole image.
+    """
+    box = alpha.point(lambda value: 255 if value > threshold else 0).getbbox()
+    if box is None:
+        return None
+    left, top, right, bottom = box
+    amount, unit = margin
+    dx = amount * (right - left) / 100 if unit == "%" else amount
+    dy = amount * (bottom - top) / 100 if unit == "%" else amount
+    width, height = alpha.size
+    return (max(0, int(left - dx)), max(0, int(top - dy)), min(width, int(right + dx + 0.5)),
+            min(height, int(bottom + dy + 0.5)))
+
+
 def cutout(rgb: Image.Image, alpha: Image.Image) -> Image.Image:
     """RGBA with the original colours untouched and the mask as alpha (no darkened edges)."""
     result = rgb.copy()
@@ -177,18 +199,32 @@ def cutout(rgb: Image.Image, alpha: Image.Image) -> Image.Image:
     return result
 
 
-def fill(rgb: Image.Image, alpha: Image.Image, color: tuple[int, int, int]) -> Image.Image:
-    """The subject composited over a solid colour."""
-    return Image.composite(rgb, Image.new("RGB", rgb.size, color), alpha)
+def over_background(rgb: Image.Image, alpha: Image.Image, background: Image.Image) -> Image.Image:
+    """The subject composited over a background of the same size (RGBA result; opaque if it was)."""
+    return Image.alpha_composite(background.convert("RGBA"), cutout(rgb, alpha))
+
+
+def solid(size: tuple[int, int], color: tuple[int, int, int, int]) -> Image.Image:
+    return Image.new("RGBA", size, color)
+
+
+def cover(background: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """Scale and centre-crop a background so it covers size exactly (CSS background-size: cover)."""
+    return ImageOps.fit(background, size, Image.Resampling.LANCZOS)
 
 
 def encode(image: Image.Image, fmt: str) -> bytes:
-    """PNG (lossless, keeps alpha) or JPEG (quality 95, no alpha)."""
+    """PNG (lossless), WEBP (lossy colour, lossless alpha) or JPEG (quality 95; transparency flattened on white)."""
     buffer = io.BytesIO()
     if fmt == "PNG":
         image.save(buffer, format="PNG", compress_level=6)
+    elif fmt == "WEBP":
+        lossless = image.mode == "L"
+        image.save(buffer, format="WEBP", quality=90, alpha_quality=100, method=4, lossless=lossless)
     elif fmt == "JPEG":
-        image.convert("RGB").save(buffer, format="JPEG", quality=95, subsampling=0)
+        if image.mode in ("RGBA", "LA"):
+            image = Image.alpha_composite(Image.new("RGBA", image.size, (255, 255, 255, 255)), image.convert("RGBA"))
+        image.convert("L" if image.mode == "L" else "RGB").save(buffer, format="JPEG", quality=95, subsampling=0)
     else:
         raise ValueError(f"unsupported output format {fmt}")
     return buffer.getvalue()

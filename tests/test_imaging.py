@@ -169,7 +169,8 @@ def test_cutout_fill_and_encode():
     alpha.paste(255, (0, 0, 5, 10))
     cut = Image.open(io.BytesIO(imaging.encode(imaging.cutout(rgb, alpha), "PNG")))
     assert cut.mode == "RGBA" and cut.getpixel((0, 0))[:3] == rgb.getpixel((0, 0)) and cut.getpixel((9, 0))[3] == 0
-    filled = Image.open(io.BytesIO(imaging.encode(imaging.fill(rgb, alpha, (0, 255, 0)), "JPEG")))
+    green_under = imaging.over_background(rgb, alpha, imaging.solid(rgb.size, (0, 255, 0, 255)))
+    filled = Image.open(io.BytesIO(imaging.encode(green_under, "JPEG")))
     assert filled.format == "JPEG" and filled.mode == "RGB"
     red, green, blue = filled.getpixel((9, 5))
     assert green > 200 and red < 60 and blue < 60

