@@ -240,6 +240,8 @@
     resultImg.onerror = function () {
       showError("The result could not be displayed", "The server answered with " + (blob.type || "unknown data") + ". Use the download link to inspect it.");
     };
+    // Transparency only matters for formats that carry alpha; a JPEG sits on a plain frame.
+    afterFrame.classList.toggle("checkerboard", !/jpe?g/i.test(blob.type));
     resultImg.src = resultUrl;
     resultImg.alt = op === "change_color"
       ? currentFile.name + " with the background replaced by " + colour
