@@ -56,7 +56,11 @@ def _register_errors(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Any:
-        return _error_response(exc.description or exc.name, exc.code or 500)
+        response = _error_response(exc.description or exc.name, exc.code or 500)
+        for key, value in exc.get_headers():
+            if key.lower() != "content-type":
+                response.headers[key] = value  # e.g. Allow on 405
+        return response
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Any:
@@ -68,6 +72,7 @@ def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
     """Build the app. `config` is a Config, an environment-like mapping (tests), or None for os.environ."""
     from app.api.bg_removal_api import bp
     from app.cli import register_cli
+    from app.metrics import install_metrics
     from app.services.isnet_tiny_service import IsnetTinyService, tune_malloc
 
     if not isinstance(config, Config):
@@ -89,8 +94,11 @@ def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
     if config.secret_key == DEFAULT_SECRET_KEY and config.flask_env == "production":
         log.warning("SECRET_KEY is not set; set it to a random value in production")
 
-    app.extensions["isnet_tiny"] = IsnetTinyService.instance(config)
+    service = IsnetTinyService.instance(config)
+    app.extensions["isnet_tiny"] = service
     app.register_blueprint(bp)
+    if config.metrics:
+        install_metrics(app, service)
     _register_errors(app)
     register_cli(app)
 

@@ -26,7 +26,7 @@ from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
 from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 from werkzeug.serving import make_server  # noqa: E402
 
 from app import create_app  # noqa: E402
@@ -140,6 +140,7 @@ def test_remove_background_then_bad_colour(base_url: str, browser: WebDriver):
     assert browser.find_element(By.ID, "st-state").text == "Ready"
     assert "u2netp" in browser.find_element(By.ID, "header-state").text
     assert "MB" in browser.find_element(By.ID, "st-memory").text
+    wait.until(lambda d: d.find_element(By.ID, "submit").is_enabled())
     screenshot(browser, "browser-desktop.png")
 
     # change_color with a colour the API rejects: the API's JSON error shows up as readable text.
@@ -171,7 +172,7 @@ def test_remove_background_then_bad_colour(base_url: str, browser: WebDriver):
     assert script_errors(browser) == []
 
 
-def test_client_side_size_limit_and_mobile_layout(base_url: str, browser: WebDriver, tmp_path: Path):
+def test_size_limit_options_and_mobile_layout(base_url: str, browser: WebDriver, tmp_path: Path):
     wait = WebDriverWait(browser, 20, poll_frequency=0.1)
     browser.set_window_size(390, 2600)
     browser.get(base_url + "/")
@@ -187,9 +188,21 @@ def test_client_side_size_limit_and_mobile_layout(base_url: str, browser: WebDri
 
     upload_photo(browser, wait)
     assert not browser.find_element(By.ID, "error").is_displayed()
+
+    # Options from "More options" travel with the form: WebP, cropped to the subject.
+    browser.find_element(By.CSS_SELECTOR, "#more-options summary").click()
+    Select(browser.find_element(By.ID, "opt-format")).select_by_value("webp")
+    browser.find_element(By.ID, "opt-crop").click()
+    margin = browser.find_element(By.ID, "opt-crop-margin")
+    assert margin.is_enabled()
+    margin.send_keys("4%")
     browser.find_element(By.ID, "submit").click()
     wait.until(lambda d: d.execute_script(
         "const i = document.getElementById('result-img'); return !i.hidden && i.complete && i.naturalWidth > 0;"))
+    assert browser.find_element(By.ID, "download").get_attribute("download") == "nobg_car-1.webp"
+    size = browser.execute_script("const i = document.getElementById('result-img'); return [i.naturalWidth, i.naturalHeight];")
+    assert size[0] < 480 or size[1] < 360, f"cropped to the car, not the whole 480x360 photo: {size}"
+    wait.until(lambda d: d.find_element(By.ID, "submit").is_enabled())
     width = browser.execute_script("return [document.documentElement.scrollWidth, window.innerWidth];")
     assert width[0] <= width[1], f"horizontal overflow at mobile width: {width}"
     screenshot(browser, "browser-mobile.png")

@@ -14,6 +14,7 @@ from werkzeug.datastructures import FileStorage
 from werkzeug.utils import secure_filename
 
 from app import imaging, pipeline
+from app.api.openapi import openapi_document
 from app.config import ALLOWED_EXTENSIONS, Config
 from app.errors import ApiError, BadRequest
 from app.services.isnet_tiny_service import HIGH_MEMORY_MB, IsnetTinyService, ModelState, peak_rss_mb, rss_mb
@@ -168,6 +169,12 @@ def status() -> Response:
                           "threads": config.ort_threads},
         }
     )
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    """The OpenAPI 3 description of this server's API."""
+    return jsonify(openapi_document(_config(), metrics="metrics" in current_app.view_functions))
 
 
 @bp.post("/clear_cache")

@@ -17,7 +17,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import onnxruntime as ort
@@ -148,6 +148,7 @@ class IsnetTinyService:
         self._loader: threading.Thread | None = None
         self._slot = threading.Semaphore(1)
         self._waiting = 0
+        self._listeners: list[Callable[[float], None]] = []
         self.stats = Stats()
 
     @classmethod
@@ -307,9 +308,16 @@ class IsnetTinyService:
             del tensor
             mask = imaging.mask_from_output(np.asarray(prediction), size)
             del prediction
+            seconds = time.monotonic() - started
             self.stats.inferences += 1
-            self.stats.last_inference_s = round(time.monotonic() - started, 3)
+            self.stats.last_inference_s = round(seconds, 3)
+        for listener in self._listeners:
+            listener(seconds)
         return mask
+
+    def add_inference_listener(self, listener: Callable[[float], None]) -> None:
+        """Called with each inference's seconds (metrics use it; the service knows nothing of them)."""
+        self._listeners.append(listener)
 
     def clear(self) -> float:
         """Drop the session and return freed memory to the OS; returns MB freed (may be ~0)."""

@@ -38,6 +38,13 @@
   var resultBar = $("result-bar");
   var resultMeta = $("result-meta");
   var download = $("download");
+  var more = $("more-options");
+  var formatDefault = $("opt-format-default");
+  var cropBox = $("opt-crop");
+  var cropMargin = $("opt-crop-margin");
+  var bgImageRow = $("bg-image-row");
+  var bgImage = $("opt-bg-image");
+  var apiKey = $("opt-api-key");
 
   var currentFile = null;
   var beforeUrl = null;
@@ -89,7 +96,18 @@
   }
 
   // ---------- colour ----------
-  var HEX = /^#?([0-9a-f]{3}|[0-9a-f]{6})$/i;
+  var HEX = /^#?([0-9a-f]{3}|[0-9a-f]{6}|[0-9a-f]{8})$/i;
+  var NAMED = /^[a-z]+$/i;
+  var probe = document.createElement("canvas").getContext("2d");
+
+  /** "#rrggbb" for a CSS colour name the browser knows (the server uses the same CSS list), or null. */
+  function namedColor(name) {
+    if (!probe || !NAMED.test(name) || !(window.CSS && CSS.supports("color", name))) return null;
+    probe.fillStyle = "#000000";
+    probe.fillStyle = name;
+    var value = String(probe.fillStyle);
+    return /^#[0-9a-f]{6}$/i.test(value) ? value : null;
+  }
   var TRIPLE = /^\s*(\d{1,3})\s*,\s*(\d{1,3})\s*,\s*(\d{1,3})\s*$/;
 
   /** "#rrggbb" for a colour the API accepts, or null. Mirrors app/colors.py. */
@@ -100,7 +118,7 @@
     if (m) {
       var d = m[1];
       if (d.length === 3) d = d[0] + d[0] + d[1] + d[1] + d[2] + d[2];
-      return "#" + d.toLowerCase();
+      return "#" + d.slice(0, 6).toLowerCase();
     }
     m = TRIPLE.exec(value);
     if (m) {
@@ -109,6 +127,7 @@
         return "#" + parts.map(function (p) { return (p < 16 ? "0" : "") + p.toString(16); }).join("");
       }
     }
+    if (value.toLowerCase() !== "transparent") return namedColor(value);
     return null;
   }
 
@@ -135,9 +154,29 @@
     var op = selectedOp();
     var isColor = op && op.value === "change_color";
     colorRow.hidden = !isColor;
-    colorText.disabled = !isColor; // disabled controls are left out of the FormData
+    bgImageRow.hidden = !isColor;
+    bgImage.disabled = !isColor; // disabled controls are left out of the FormData
+    colorText.disabled = !isColor || hasBgImage();
+    colorPicker.disabled = colorText.disabled;
+    formatDefault.textContent = isColor ? "Default (JPEG, or PNG for a translucent colour)" : "Default (PNG)";
     submitLabel.textContent = isColor ? "Change colour" : "Remove background";
   }
+
+  function hasBgImage() {
+    return !!(bgImage.files && bgImage.files.length);
+  }
+
+  // The API takes a colour or a background image, not both.
+  bgImage.addEventListener("change", function () {
+    syncOp();
+    colorHint.textContent = hasBgImage()
+      ? "The background image is used instead of a colour."
+      : "#RRGGBB, #RGB, #RRGGBBAA, R,G,B (0-255 each) or a CSS name, e.g. #00FF00, 255,0,0 or teal";
+  });
+  cropBox.addEventListener("change", function () {
+    cropMargin.disabled = !cropBox.checked;
+  });
+
   form.querySelectorAll('input[name="op"]').forEach(function (radio) {
     radio.addEventListener("change", syncOp);
   });
@@ -243,9 +282,11 @@
     // Transparency only matters for formats that carry alpha; a JPEG sits on a plain frame.
     afterFrame.classList.toggle("checkerboard", !/jpe?g/i.test(blob.type));
     resultImg.src = resultUrl;
-    resultImg.alt = op === "change_color"
-      ? currentFile.name + " with the background replaced by " + colour
-      : currentFile.name + " with the background removed";
+    resultImg.alt = /^mask_/.test(filename)
+      ? "Mask of " + currentFile.name + ": white is the subject, black the background"
+      : op === "change_color"
+        ? currentFile.name + " with the background replaced by " + colour
+        : currentFile.name + " with the background removed";
     resultImg.dataset.filename = filename;
     download.href = resultUrl;
     download.setAttribute("download", filename);
@@ -257,7 +298,7 @@
   // ---------- errors from the API ----------
   var TITLES = {
     400: "The request was not accepted",
-    401: "Not authorised",
+    401: "An API key is needed",
     403: "Not authorised",
     413: "The image is too large",
     415: "This file type is not supported",
@@ -318,7 +359,14 @@
     var data = new FormData(form);
     data.delete("op");
     data.set("file", currentFile, currentFile.name);
-    var colour = colorText.value.trim() || "#FFFFFF";
+    // An empty optional file input would arrive as a file without a name: leave it out.
+    Array.from(data.keys()).forEach(function (key) {
+      var value = data.get(key);
+      if (key !== "file" && value instanceof File && !value.name && !value.size) data.delete(key);
+    });
+    var headers = {};
+    if (apiKey.value.trim()) headers["X-API-Key"] = apiKey.value.trim();
+    var colour = hasBgImage() ? "the chosen background image" : (colorText.value.trim() || "#FFFFFF");
 
     resetResult();
     afterPlaceholder.textContent = op.value === "change_color" ? "Replacing the background…" : "Removing the background…";
@@ -328,17 +376,21 @@
     var started = performance.now();
     setBusy(true);
 
-    fetch(op.dataset.endpoint, { method: "POST", body: data, signal: controller.signal, cache: "no-store" })
+    fetch(op.dataset.endpoint, { method: "POST", body: data, headers: headers, signal: controller.signal, cache: "no-store" })
       .then(function (response) {
         if (!response.ok) {
           return response.text().then(function (text) {
             var failure = describeFailure(response, text);
             (failure.warn ? showWarning : showError)(failure.title, failure.message);
             afterPlaceholder.textContent = "No result";
+            if (response.status === 401) {
+              more.open = true;
+              apiKey.focus();
+            }
           });
         }
         var fallback = (op.value === "change_color" ? "colored_" : "nobg_") + currentFile.name.replace(/\.[^.]*$/, "") +
-          (op.value === "change_color" ? ".jpg" : ".png");
+          "." + ((response.headers.get("Content-Type") || "").split("/")[1] || "png").replace("jpeg", "jpg").split(";")[0];
         var filename = filenameFrom(response.headers.get("Content-Disposition"), fallback);
         return response.blob().then(function (blob) {
           showResult(blob, filename, (performance.now() - started) / 1000, op.value, colour);
@@ -487,6 +539,8 @@
   }
 
   // ---------- start ----------
+  if (apiKey.dataset.required) more.open = true;
+  cropMargin.disabled = !cropBox.checked;
   syncOp();
   checkColorText();
   if (fileInput.files && fileInput.files[0]) setFile(fileInput.files[0]);
