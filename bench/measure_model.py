@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -117,6 +118,7 @@ def measure(model: Path, images: Path, masks: Path) -> dict:
     maes = [v["mae"] for v in per.values()]
     return {
         "model": str(model),
+        "loadavg_1m_at_end": round(os.getloadavg()[0], 2),
         "size_mb": round(model.stat().st_size / 1e6, 1),
         "load_s": round(load_s, 2),
         "rss_start_mb": round(rss0 / 1024, 1),

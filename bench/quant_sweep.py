@@ -67,6 +67,19 @@ def variants(model: onnx.ModelProto) -> dict[str, Recipe]:
         "reduce-range": replace(BASE, reduce_range=True),
         "qoperator": replace(BASE, quant_format="QOperator"),
     }
+    # Entropy-calibrated variants keeping the convs with the largest SQNR drop
+    # (bench/sensitivity.py on a calibration image) in float, cheapest first.
+    ent = replace(BASE, calibrate_method="Entropy")
+    low_res = ("/stage2d/rebnconv1d/",)
+    low_res6 = low_res + ("/stage3/rebnconv1d/", "/stage3d/rebnconv1d/", "/stage4d/rebnconv1d/",
+                          "/stage2d/rebnconv2/", "/stage2d/rebnconv3/")
+    full_res = ("/stage1d/rebnconv1d/", "/stage1d/rebnconv2/")
+    v["ent-s2d"] = replace(ent, exclude_nodes=names_with(model, low_res))
+    v["ent-low6"] = replace(ent, exclude_nodes=names_with(model, low_res6))
+    v["ent-low6-s1d"] = replace(ent, exclude_nodes=names_with(model, low_res6 + full_res))
+    v["ent-no-first-conv"] = replace(ent, exclude=("mask_conv", "mask_resize", "mask_sigmoid"))
+    v["ent-no-mask-conv"] = replace(ent, exclude=("first_conv", "mask_resize", "mask_sigmoid"))
+    v["ent-low6-no-first-conv"] = replace(v["ent-low6"], exclude=("mask_conv", "mask_resize", "mask_sigmoid"))
     return v
 
 
@@ -86,6 +99,22 @@ def calib_cache(out: Path, r: Recipe) -> Path:
     return out / f"calib-{tag}.json"
 
 
+def print_table(results: Path) -> None:
+    """Markdown table of every measured variant (last measurement per name)."""
+    rows: dict[str, dict] = {}
+    for line in results.read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            rows[r["variant"]] = r
+    print("| variant | file MB | peak RSS MB (1 inference) | peak RSS MB (6) | median run s | load avg | "
+          "IoU mean | IoU min | MAE | worst image |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name, r in rows.items():
+        worst = min(r["per_image"].items(), key=lambda kv: kv[1]["iou"])[0] if r.get("per_image") else ""
+        print(f"| {name} | {r['size_mb']} | {r['peak_rss_1_mb']} | {r['peak_rss_all_mb']} | {r['median_run_s']} | "
+              f"{r.get('loadavg_1m_at_end', '')} | {r['iou_mean']} | {r['iou_min']} | {r['mae_mean']} | {worst} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--source", type=Path, required=True)
@@ -93,11 +122,15 @@ def main() -> None:
     ap.add_argument("--only", default="", help="comma-separated variant names")
     ap.add_argument("--force", action="store_true")
     ap.add_argument("--list", action="store_true")
+    ap.add_argument("--table", action="store_true", help="print OUT/results.jsonl as a markdown table")
     ap.add_argument("--fp32", action="store_true", help="also measure the pruned fp32 model")
     ap.add_argument("--malloc-env", default="MALLOC_MMAP_THRESHOLD_=131072",
                     help="env for the measuring process, e.g. 'MALLOC_MMAP_THRESHOLD_=131072' or ''")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.table:
+        print_table(args.out / "results.jsonl")
+        return
     env_extra = dict(kv.split("=", 1) for kv in args.malloc_env.split() if kv)
 
     fp32_path = args.out / "fp32.onnx"

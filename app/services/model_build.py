@@ -256,6 +256,10 @@ class ImageCalibrationReader:
         with Image.open(path) as im:
             return {self.input_name: preprocess(im, self.size)}
 
+    def __iter__(self):
+        while (item := self.get_next()) is not None:
+            yield item
+
     def rewind(self) -> None:
         self.set_range(0, len(self.paths))
 
