@@ -450,7 +450,10 @@
     setText("st-model", s.model || info.name || "unknown",
       info.input_size ? "input " + info.input_size + " px" : "");
     setTone($("st-state"), known[1], known[0]);
-    setTone($("header-state"), known[1], (s.model || "model") + ": " + known[0].toLowerCase());
+    setTone($("header-state"), known[1], known[0].toLowerCase());
+    var pillModel = $("header-state").querySelector(".pill-model");
+    var modelLabel = (s.model || "model") + ": ";
+    if (pillModel && pillModel.textContent !== modelLabel) pillModel.textContent = modelLabel;
 
     var mem = s.memory || {};
     setText("st-memory", mem.rss_mb != null ? mem.rss_mb.toFixed(0) + " MB" : "n/a",
@@ -476,7 +479,9 @@
 
   function renderOffline(message) {
     setTone($("st-state"), "bad", "Unreachable");
-    setTone($("header-state"), "bad", "Service unreachable");
+    setTone($("header-state"), "bad", "service unreachable");
+    var pillModel = $("header-state").querySelector(".pill-model");
+    if (pillModel) pillModel.textContent = "";
     $("status-updated").textContent = message;
   }
 
