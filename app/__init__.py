@@ -14,6 +14,10 @@ from app.errors import ApiError
 log = logging.getLogger("app")
 
 SPOOL_IN_MEMORY_BYTES = 500 * 1024
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
+    "connect-src 'self'; frame-ancestors 'none'"
+)
 
 
 class SpoolingRequest(Request):
@@ -106,6 +110,7 @@ def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
     def security_headers(response: Any) -> Any:
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "no-referrer")
+        response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
         return response
 
     @app.get("/")
