@@ -8,10 +8,8 @@ from flask import Flask, current_app
 from tqdm import tqdm
 
 from app import pipeline
-from app.config import ALLOWED_EXTENSIONS
+from app.config import ALLOWED_EXTENSIONS, Config
 from app.errors import ApiError
-
-from app.config import Config
 from app.services import model_store
 from app.services.model_prepare import prepare_tiny
 

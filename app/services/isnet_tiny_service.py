@@ -94,9 +94,10 @@ def tune_malloc(mmap_threshold: int = 131072) -> None:
     libc = _libc()
     if libc is None or not hasattr(libc, "mallopt") or os.environ.get("MALLOC_MMAP_THRESHOLD_"):
         return
-    m_trim_threshold, m_mmap_threshold = -1, -3
+    m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8
     libc.mallopt(m_mmap_threshold, mmap_threshold)
     libc.mallopt(m_trim_threshold, mmap_threshold)
+    libc.mallopt(m_arena_max, 2)  # request threads share two heaps instead of one each
 
 
 def release_memory_to_os() -> None:

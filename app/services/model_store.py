@@ -13,8 +13,6 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import pooch
-
 log = logging.getLogger(__name__)
 
 REMBG_RELEASES = "https://github.com/danielgatis/rembg/releases/download/v0.0.0/"
@@ -184,6 +182,8 @@ def download(spec: ModelSpec, model_dir: Path, base_url: str = REMBG_RELEASES, t
     """Fetch a catalogue model into MODEL_DIR with pooch, sha256-pinned; ModelUnavailable on any failure."""
     if not spec.downloadable or spec.sha256 is None:
         raise ModelUnavailable(f"{spec.name} cannot be downloaded; build it with `prepare-model {spec.name}`")
+    import pooch  # here, not at the top: pooch and requests cost ~8 MB of RSS a serving process never needs
+
     url = base_url.rstrip("/") + "/" + spec.filename
     log.info("fetching %s from %s into %s", spec.name, url, model_dir)
     downloader = pooch.HTTPDownloader(progressbar=_LogProgress(spec.name), timeout=timeout_s)
