@@ -123,7 +123,16 @@ def machine() -> dict[str, str]:
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         ort_version = "unknown"
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "app", "app_isnet_tiny.py", "gunicorn.conf.py"],
+                               cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.split("\n")
+        dirty = [line[3:] for line in dirty if line.strip()]
+    except (OSError, subprocess.SubprocessError):
+        head, dirty = "unknown", []
     return {
+        "git": head + (f" + uncommitted changes in {', '.join(dirty)}" if dirty else ""),
         "nproc": str(os.cpu_count()),
         "cpu": cpu,
         "onnxruntime": ort_version,

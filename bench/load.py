@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import statistics
 import sys
 import threading
@@ -306,11 +307,13 @@ def main() -> int:
     info = common.machine()
     cmd = common.command_line()
     r = run(args)
+    r["gunicorn_env"] = {k: os.environ[k] for k in ("GUNICORN_THREADS", "WEB_CONCURRENCY") if k in os.environ}
     print(f"Machine: nproc {info['nproc']}, {info['cpu']}, onnxruntime {info['onnxruntime']}, "
-          f"Python {info['python']}")
+          f"Python {info['python']}; code: {info['git']}")
     print(f"Command: `{cmd}`")
-    print("Server: `gunicorn -c gunicorn.conf.py app_isnet_tiny:app` (1 worker, gthread, 4 threads), "
-          f"BG_MODEL={args.model}, ORT_THREADS={args.threads or 'default (1)'}\n")
+    threads = os.environ.get("GUNICORN_THREADS", "4")
+    print("Server: `gunicorn -c gunicorn.conf.py app_isnet_tiny:app` "
+          f"({os.environ.get('WEB_CONCURRENCY', '1')} worker, gthread, {threads} threads), BG_MODEL={args.model}, ORT_THREADS={args.threads or 'default (1)'}\n")
     print(table(r, args))
     for line in r["notes"] + [f"bad image: {b}" for b in r["bad_images"]]:
         print(f"- {line}")
