@@ -156,7 +156,12 @@ def main() -> int:
     for label, model, server in plan:
         print(f"[{label}] starting {' '.join(server.argv[1:])} (port {server.port}) ...", file=sys.stderr, flush=True)
         load_before = common.loadavg()
-        server.start()
+        try:
+            server.start()
+        except RuntimeError as exc:
+            rows.append({"label": label, "model": model, "errors": [str(exc)], "notes": []})
+            print(f"[{label}] failed to start: {exc}", file=sys.stderr, flush=True)
+            continue
         row = measure(server, model, args.runs, photos)
         row.update(label=label, model=model, loadavg_before=load_before, loadavg_after=common.loadavg(),
                    server_command=" ".join(["gunicorn", *server.argv[1:]]),
@@ -167,7 +172,7 @@ def main() -> int:
               f"errors {len(row['errors'])}", file=sys.stderr, flush=True)
 
     print(f"Machine: nproc {info['nproc']}, {info['cpu']}, onnxruntime {info['onnxruntime']}, "
-          f"Python {info['python']}; load average (1/5/15 min) at start {info['loadavg_1_5_15']}")
+          f"Python {info['python']}; code: {info['git']}; load average (1/5/15 min) at start {info['loadavg_1_5_15']}")
     print(f"Command: `{cmd}`")
     print(f"Photos: {len(photos)} fixtures x {args.runs} runs, sequential, after 1 warm-up upload "
           f"({photos[0].name}); references: {'u2netp' if args.model == 'u2netp' else 'isnet'} masks\n")
