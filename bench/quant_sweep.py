@@ -80,23 +80,53 @@ def variants(model: onnx.ModelProto) -> dict[str, Recipe]:
     v["ent-no-first-conv"] = replace(ent, exclude=("mask_conv", "mask_resize", "mask_sigmoid"))
     v["ent-no-mask-conv"] = replace(ent, exclude=("first_conv", "mask_resize", "mask_sigmoid"))
     v["ent-low6-no-first-conv"] = replace(v["ent-low6"], exclude=("mask_conv", "mask_resize", "mask_sigmoid"))
+    v["ent-head"] = replace(ent, exclude=("mask_resize", "mask_sigmoid"))
+    concat = names_with(model, ("/",), ("Concat",))
+    v["ent-head-concat"] = replace(v["ent-head"], exclude_nodes=concat)
+    v["ent-head-low6"] = replace(v["ent-head"], exclude_nodes=names_with(model, low_res6))
+    # Stage ablation: the chosen base with one IS-Net stage kept in float.
+    nf = v["ent-no-first-conv"]
+    for st in ("stage1", "stage2", "stage3", "stage4", "stage5", "stage6",
+               "stage5d", "stage4d", "stage3d", "stage2d", "stage1d"):
+        v[f"abl-{st}"] = replace(nf, exclude_nodes=names_with(model, (f"/{st}/",)))
+    top = tuple(n.name for n in model.graph.node if n.name.count("/") == 1 and n.op_type in ("Resize", "Concat", "MaxPool"))
+    v["abl-top"] = replace(nf, exclude_nodes=top)
     return v
 
 
-def measure(model_path: Path, env_extra: dict[str, str]) -> dict:
+def measure(model_path: Path, env_extra: dict[str, str], extra_args: list[str] = ()) -> dict:
     """Run bench/measure_model.py in a fresh process and parse its JSON."""
     env = dict(os.environ, **env_extra)
     out = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "measure_model.py"), str(model_path), "--json"],
+        [sys.executable, str(ROOT / "bench" / "measure_model.py"), str(model_path), "--json", *extra_args],
         env=env, check=True, capture_output=True, text=True,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def calib_cache(out: Path, r: Recipe) -> Path:
-    """Per-method calibration cache file."""
+def calib_cache(out: Path, r: Recipe, suffix: str = "") -> Path:
+    """Per-method (and per calibration set) calibration cache file."""
     tag = r.calibrate_method + (f"-{r.percentile}" if r.calibrate_method == "Percentile" else "")
-    return out / f"calib-{tag}.json"
+    return out / f"calib-{tag}{suffix}.json"
+
+
+def make_calrefs(fp32_path: Path, calref: Path) -> None:
+    """fp32 IS-Net masks of the calibration images (the selection references)."""
+    if calref.is_dir() and any(calref.iterdir()):
+        return
+    import onnxruntime as ort
+    from PIL import Image
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from measure_model import postprocess, preprocess
+
+    calref.mkdir(parents=True, exist_ok=True)
+    sess = ort.InferenceSession(str(fp32_path), providers=["CPUExecutionProvider"])
+    inp = sess.get_inputs()[0]
+    for p in calibration_images():
+        with Image.open(p) as im:
+            pred = sess.run(None, {inp.name: preprocess(im, tuple(inp.shape[2:]))})[0]
+            postprocess(pred, im.size).save(calref / f"{p.stem}.isnet.png")
 
 
 def print_table(results: Path) -> None:
@@ -121,15 +151,22 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--only", default="", help="comma-separated variant names")
     ap.add_argument("--force", action="store_true")
+    ap.add_argument("--calib-dir", type=Path, default=None,
+                    help="calibrate on this directory instead of app/model_build_calibration")
+    ap.add_argument("--tag", default="", help="suffix for variant names (use with --calib-dir)")
     ap.add_argument("--list", action="store_true")
     ap.add_argument("--table", action="store_true", help="print OUT/results.jsonl as a markdown table")
+    ap.add_argument("--select", action="store_true",
+                    help="measure on the calibration images against fp32 masks (OUT/calref) instead of the "
+                         "evaluation photos; results go to OUT/results-select.jsonl (for choosing nodes "
+                         "without looking at the evaluation set)")
     ap.add_argument("--fp32", action="store_true", help="also measure the pruned fp32 model")
     ap.add_argument("--malloc-env", default="MALLOC_MMAP_THRESHOLD_=131072",
                     help="env for the measuring process, e.g. 'MALLOC_MMAP_THRESHOLD_=131072' or ''")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.table:
-        print_table(args.out / "results.jsonl")
+        print_table(args.out / ("results-select.jsonl" if args.select else "results.jsonl"))
         return
     env_extra = dict(kv.split("=", 1) for kv in args.malloc_env.split() if kv)
 
@@ -142,25 +179,30 @@ def main() -> None:
         print("\n".join(all_v))
         return
     names = [n for n in args.only.split(",") if n] or list(all_v)
-    results = args.out / "results.jsonl"
+    results = args.out / ("results-select.jsonl" if args.select else "results.jsonl")
+    extra_args: list[str] = []
+    if args.select:
+        calref = args.out / "calref"
+        make_calrefs(fp32_path, calref)
+        extra_args = ["--images", str(calibration_images()[0].parent), "--masks", str(calref)]
     done = set()
     if results.exists():
         done = {json.loads(line)["variant"] for line in results.read_text().splitlines() if line.strip()}
     todo: list[tuple[str, Path, Recipe | None]] = []
     if args.fp32:
         todo.append(("fp32-pruned", fp32_path, None))
-    todo += [(n, args.out / f"{n}.onnx", all_v[n]) for n in names]
-    images = calibration_images()
+    todo += [(n + args.tag, args.out / f"{n}{args.tag}.onnx", all_v[n]) for n in names]
+    images = calibration_images(args.calib_dir) if args.calib_dir else calibration_images()
     for name, path, recipe in todo:
         if name in done and not args.force:
             print(f"skip {name} (in results)")
             continue
         build_s = 0.0
-        if recipe is not None:
+        if recipe is not None and not (args.select and path.exists() and not args.force):
             t = time.perf_counter()
-            path.write_bytes(quantize(model, images, recipe, calibration_cache=calib_cache(args.out, recipe)))
+            path.write_bytes(quantize(model, images, recipe, calibration_cache=calib_cache(args.out, recipe, args.tag)))
             build_s = time.perf_counter() - t
-        res = measure(path, env_extra)
+        res = measure(path, env_extra, extra_args)
         res.update(variant=name, build_s=round(build_s, 1), env=args.malloc_env,
                    recipe=asdict(recipe) if recipe else None)
         with results.open("a") as fh:
