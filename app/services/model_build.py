@@ -44,14 +44,14 @@ class Recipe:
     can be listed in ``exclude_nodes``.
     """
 
-    calibrate_method: str = "Percentile"  # MinMax | Percentile | Entropy
+    calibrate_method: str = "Entropy"  # MinMax | Percentile | Entropy
     percentile: float = 99.999
     per_channel: bool = True
     reduce_range: bool = False
     quant_format: str = "QDQ"  # QDQ | QOperator
     activation_type: str = "QUInt8"
     weight_type: str = "QInt8"
-    exclude: tuple[str, ...] = ("first_conv", "mask_conv", "mask_resize", "mask_sigmoid")
+    exclude: tuple[str, ...] = ("mask_conv", "mask_resize", "mask_sigmoid")
     exclude_nodes: tuple[str, ...] = ()
     extra_options: tuple[tuple[str, object], ...] = field(default_factory=tuple)
 
