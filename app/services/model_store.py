@@ -219,14 +219,11 @@ def copy_into(source: Path, dest: Path) -> None:
 
 def fetch_into_dir(spec: ModelSpec, model_dir: Path, base_url: str = REMBG_RELEASES) -> ModelFile:
     """Make MODEL_DIR hold a verified copy of a downloadable model (bundled u2netp is copied, not fetched)."""
-    candidate = model_dir / spec.filename
-    if candidate.is_file():
-        verify(spec, candidate)
-        return ModelFile(spec, candidate, "model_dir")
-    if spec.name == "u2netp":
-        bundled = bundled_u2netp()
-        if bundled is not None:
-            verify(spec, bundled)
-            copy_into(bundled, candidate)
-            return ModelFile(spec, candidate, "bundled")
-    return download(spec, model_dir, base_url)
+    found = find_local(spec, model_dir)
+    if found is None:
+        return download(spec, model_dir, base_url)
+    if found.source == "bundled":
+        dest = model_dir / spec.filename
+        copy_into(found.path, dest)
+        return ModelFile(spec, dest, "bundled")
+    return found
