@@ -123,15 +123,17 @@ def test_fetch_into_dir_copies_bundled_u2netp(tmp_path: Path):
 
 def test_lazy_download_through_the_service(file_server, make_app, tmp_path: Path):
     """BG_MODEL names a model not on disk: the first request fetches it from MODEL_BASE_URL."""
-    from tests.conftest import image_bytes, photo, upload
+    from tests.conftest import image_bytes, photo, upload, wait_for_state
 
     base_url, folder = file_server
     (folder / "isnet-general-use.onnx").write_bytes(b"not the real isnet")
     client = make_app(BG_MODEL="isnet-general-use", MODEL_BASE_URL=base_url).test_client()
     response = client.post("/api/bg/remove", data=upload(image_bytes(photo(), "PNG")))
-    assert response.status_code == 503 and "sha256" in response.get_json()["error"]
-    info = client.get("/api/bg/status").get_json()["model_info"]
-    assert info["state"] == "failed" and "sha256" in info["reason"]
+    assert response.status_code == 503 and response.headers["Retry-After"]
+    info = wait_for_state(client, {"failed"})
+    assert "sha256" in info["reason"]
+    again = client.post("/api/bg/remove", data=upload(image_bytes(photo(), "PNG")))
+    assert again.status_code == 503 and "sha256" in again.get_json()["error"]
 
 
 def test_prepare_model_cli_copies_u2netp(make_app, env):
