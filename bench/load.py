@@ -232,6 +232,7 @@ def run(args: argparse.Namespace) -> dict:
                                   if isinstance(e["status"], int) and e["status"] >= 500 and e["status"] != 503),
         client_exceptions=sum(1 for e in rec.requests if e["status"] == "exception"),
         bad_images=rec.bad_images,
+        health_samples=[[round(h[0] * 1000, 1), h[1]] for h in poller.health],
         health_polls=len(poller.health),
         health_failures=sum(1 for h in poller.health if h[1] != 200),
         health_p50_ms=round(percentile(health_lat, 0.5) * 1000, 1) if health_lat else None,
@@ -265,9 +266,8 @@ def table(r: dict, args: argparse.Namespace) -> str:
         ("health polls / failures", f"{r['health_polls']} / {r['health_failures']}"),
         ("health latency p50 / max (ms)", f"{fmt(r['health_p50_ms'], 1)} / {fmt(r['health_max_ms'], 1)}"),
     ]
-    if args.sequential:
-        rows.append(("worker VmRSS after 10th / after last (MB)",
-                     f"{fmt(r.get('rss_after_10th_mb'), 1)} / {fmt(r.get('rss_after_last_mb'), 1)}"))
+    rows.append(("worker VmRSS after 10th / after last (MB), sequential only",
+                 f"{fmt(r.get('rss_after_10th_mb'), 1)} / {fmt(r.get('rss_after_last_mb'), 1)}"))
     cc = r.get("clear_cache", {})
     freed = cc.get("response", {}).get("freed_mb") if isinstance(cc.get("response"), dict) else None
     rows += [
