@@ -81,6 +81,8 @@ def variants(model: onnx.ModelProto) -> dict[str, Recipe]:
     v["ent-no-first-conv"] = replace(ent, exclude=("mask_conv", "mask_resize", "mask_sigmoid"))
     v["ent-no-mask-conv"] = replace(ent, exclude=("first_conv", "mask_resize", "mask_sigmoid"))
     v["ent-low6-no-first-conv"] = replace(v["ent-low6"], exclude=("mask_conv", "mask_resize", "mask_sigmoid"))
+    v["ent-nfc-b512"] = replace(nf, num_bins=512)
+    v["ent-nfc-b2048"] = replace(nf, num_bins=2048)
     v["ent-head"] = replace(ent, exclude=("mask_resize", "mask_sigmoid"))
     concat = names_with(model, ("/",), ("Concat",))
     v["ent-head-concat"] = replace(v["ent-head"], exclude_nodes=concat)
@@ -108,6 +110,8 @@ def measure(model_path: Path, env_extra: dict[str, str], extra_args: list[str] =
 def calib_cache(out: Path, r: Recipe, suffix: str = "") -> Path:
     """Per-method (and per calibration set) calibration cache file."""
     tag = r.calibrate_method + (f"-{r.percentile}" if r.calibrate_method == "Percentile" else "")
+    if r.num_bins is not None:
+        tag += f"-b{r.num_bins}-q{r.num_quantized_bins}"
     return out / f"calib-{tag}{suffix}.json"
 
 

@@ -54,6 +54,10 @@ class Recipe:
     exclude: tuple[str, ...] = ("mask_conv", "mask_resize", "mask_sigmoid")
     exclude_nodes: tuple[str, ...] = ()
     extra_options: tuple[tuple[str, object], ...] = field(default_factory=tuple)
+    # Histogram size for Entropy/Percentile. None keeps onnxruntime's default
+    # (Entropy: 128 bins that grow with the data, Percentile: 2048).
+    num_bins: int | None = None
+    num_quantized_bins: int | None = None
 
 
 DEFAULT_RECIPE = Recipe()
@@ -339,6 +343,10 @@ def quantize(
         src = Path(tmp) / "fp32.onnx"
         out = Path(tmp) / "int8.onnx"
         onnx.save(model, str(src))
+        if recipe.num_bins is not None and not (calibration_cache and Path(calibration_cache).is_file()):
+            # quantize_static cannot pass histogram sizes: calibrate here, hand over via the cache.
+            calibration_cache = calibration_cache or Path(tmp) / "ranges.json"
+            _calibrate_to_cache(src, reader, recipe, Path(tmp) / "augmented.onnx", Path(calibration_cache))
         quantize_static(
             str(src),
             str(out),
@@ -357,6 +365,34 @@ def quantize(
     q.producer_name = "pixport-isnet-tiny-build"
     q.producer_version = "1"
     return q.SerializeToString()
+
+
+def _calibrate_to_cache(src: Path, reader: ImageCalibrationReader, recipe: Recipe, augmented: Path, cache: Path) -> None:
+    """Histogram calibration one image at a time with explicit bin counts; save the ranges."""
+    from onnxruntime.quantization import CalibrationMethod
+    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    opts: dict[str, object] = {"num_bins": recipe.num_bins}
+    if recipe.num_quantized_bins is not None:
+        opts["num_quantized_bins"] = recipe.num_quantized_bins
+    if recipe.calibrate_method == "Percentile":
+        opts["percentile"] = recipe.percentile
+    extra = dict(recipe.extra_options)
+    if "CalibTensorRangeSymmetric" in extra:
+        opts["symmetric"] = extra["CalibTensorRangeSymmetric"]
+    calibrator = create_calibrator(
+        src,
+        sorted(set(QLinearOpsRegistry) | set(QDQRegistry)),
+        augmented_model_path=str(augmented),
+        calibrate_method=getattr(CalibrationMethod, recipe.calibrate_method),
+        extra_options=opts,
+    )
+    for i in range(len(reader)):
+        reader.set_range(i, i + 1)
+        calibrator.collect_data(reader)
+    save_tensors_data(calibrator.compute_data(), cache)
+    del calibrator
 
 
 # --------------------------------------------------------------------------- build
