@@ -81,8 +81,6 @@ def variants(model: onnx.ModelProto) -> dict[str, Recipe]:
     v["ent-no-first-conv"] = replace(ent, exclude=("mask_conv", "mask_resize", "mask_sigmoid"))
     v["ent-no-mask-conv"] = replace(ent, exclude=("first_conv", "mask_resize", "mask_sigmoid"))
     v["ent-low6-no-first-conv"] = replace(v["ent-low6"], exclude=("mask_conv", "mask_resize", "mask_sigmoid"))
-    v["ent-nfc-b512"] = replace(nf, num_bins=512)
-    v["ent-nfc-b2048"] = replace(nf, num_bins=2048)
     v["ent-head"] = replace(ent, exclude=("mask_resize", "mask_sigmoid"))
     concat = names_with(model, ("/",), ("Concat",))
     v["ent-head-concat"] = replace(v["ent-head"], exclude_nodes=concat)
@@ -94,6 +92,8 @@ def variants(model: onnx.ModelProto) -> dict[str, Recipe]:
         v[f"abl-{st}"] = replace(nf, exclude_nodes=names_with(model, (f"/{st}/",)))
     top = tuple(n.name for n in model.graph.node if n.name.count("/") == 1 and n.op_type in ("Resize", "Concat", "MaxPool"))
     v["abl-top"] = replace(nf, exclude_nodes=top)
+    v["ent-nfc-b512"] = replace(nf, num_bins=512)
+    v["ent-nfc-b2048"] = replace(nf, num_bins=2048)
     return v
 
 
