@@ -4,7 +4,9 @@ import os
 bind = f"0.0.0.0:{os.environ.get('PORT', '5000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
 worker_class = "gthread"
-threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+# Enough threads for the one running inference, MAX_QUEUE (8) waiting uploads, and spares so that
+# /health and /status answer at once under load. Waiting requests hold only their spooled upload.
+threads = int(os.environ.get("GUNICORN_THREADS", "12"))
 timeout = 60
 graceful_timeout = 30
 keepalive = 5

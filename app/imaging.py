@@ -9,6 +9,7 @@ import io
 import struct
 import warnings
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageChops, ImageOps, UnidentifiedImageError
@@ -60,14 +61,20 @@ def scaled_size(size: tuple[int, int], max_dimension: int) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def open_checked(data: bytes, max_pixels: int) -> Image.Image:
-    """Open lazily (header only) and refuse non-images, unaccepted formats and pixel bombs before decoding."""
-    if not data:
+def open_checked(source: bytes | BinaryIO, max_pixels: int) -> Image.Image:
+    """Open lazily (header only) and refuse non-images, unaccepted formats and pixel bombs before decoding.
+
+    `source` may be a seekable stream (an upload spooled to disk): only the header is read now, the
+    pixels later by decode(), so a request waiting for the model holds almost nothing in memory.
+    """
+    stream = io.BytesIO(source) if isinstance(source, bytes) else source
+    if stream.seek(0, io.SEEK_END) == 0:
         raise CorruptImage("the uploaded file is empty")
+    stream.seek(0)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(stream)
     except Image.DecompressionBombError:
         raise TooLarge(f"the image has too many pixels (limit {max_pixels:,})") from None
     except UnidentifiedImageError:

@@ -7,8 +7,9 @@ front ends give the same messages.
 from __future__ import annotations
 
 import re
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from PIL import Image
 
@@ -29,7 +30,7 @@ MAX_MARGIN_PX = 1000
 
 
 class MaskService(Protocol):
-    def input_size(self) -> int: ...
+    def slot(self) -> AbstractContextManager[int]: ...
     def mask(self, model_rgb: Image.Image, size: tuple[int, int]) -> Image.Image: ...
 
 
@@ -104,11 +105,19 @@ def parse_color(text: str | None) -> tuple[int, int, int, int] | None:
         raise BadRequest(str(exc)) from None
 
 
-def _subject(data: bytes, options: Options, service: MaskService, config: Config) -> tuple[Image.Image, Image.Image]:
-    """Decode and mask: (RGB at output size, alpha mask including the upload's own transparency)."""
-    opened = imaging.open_checked(data, config.max_pixels)  # cheap header checks before any model work
-    decoded = imaging.decode(opened, options.max_dimension or config.max_dimension, service.input_size())
-    mask = service.mask(decoded.model_rgb, decoded.size)
+Source = bytes | BinaryIO
+
+
+def _subject(source: Source, options: Options, service: MaskService, config: Config) -> tuple[Image.Image, Image.Image]:
+    """Decode and mask: (RGB at output size, alpha mask including the upload's own transparency).
+
+    The header checks run first, without waiting for the model; decoding waits for the inference slot
+    so that concurrent requests never hold more than one decoded photo between them.
+    """
+    opened = imaging.open_checked(source, config.max_pixels)
+    with service.slot() as input_size:
+        decoded = imaging.decode(opened, options.max_dimension or config.max_dimension, input_size)
+        mask = service.mask(decoded.model_rgb, decoded.size)
     return decoded.rgb, imaging.combine_alpha(mask, decoded.alpha)
 
 
@@ -126,7 +135,7 @@ def _result(image: Image.Image, fmt: str, prefix: str, stem: str) -> Result:
     return Result(imaging.encode(image, pil_format), mimetype, f"{prefix}_{stem}.{extension}")
 
 
-def remove_background(data: bytes, stem: str, options: Options, service: MaskService, config: Config) -> Result:
+def remove_background(data: Source, stem: str, options: Options, service: MaskService, config: Config) -> Result:
     """The cutout (PNG by default), or the mask alone with only_mask."""
     rgb, alpha = _cropped(*_subject(data, options, service, config), options)
     if options.only_mask:
@@ -135,12 +144,12 @@ def remove_background(data: bytes, stem: str, options: Options, service: MaskSer
 
 
 def change_background(
-    data: bytes,
+    data: Source,
     stem: str,
     options: Options,
     service: MaskService,
     config: Config,
-    background: bytes | None = None,
+    background: Source | None = None,
 ) -> Result:
     """The subject over a colour (default white, JPEG) or over a background image scaled to cover."""
     if background is not None and options.color is not None:

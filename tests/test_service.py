@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from app.services.isnet_tiny_service import IsnetTinyService
@@ -108,8 +109,17 @@ def test_mask_is_min_max_normalised_prediction(make_app, tmp_path: Path):
     service: IsnetTinyService = app.extensions["isnet_tiny"]
     image = Image.new("RGB", (32, 32), (0, 0, 0))
     image.paste((255, 255, 255), (0, 0, 16, 32))
-    mask = np.asarray(service.mask(image, (32, 32)))
+    with service.slot() as input_size:
+        assert input_size == 32
+        mask = np.asarray(service.mask(image, (32, 32)))
     assert mask[:, :14].min() > 240 and mask[:, 18:].max() < 15
+
+
+def test_mask_outside_the_slot_is_a_programming_error(make_app):
+    service: IsnetTinyService = make_app().extensions["isnet_tiny"]
+    service.wait_until_ready(30)
+    with pytest.raises(RuntimeError, match="slot"):
+        service.mask(Image.new("RGB", (8, 8)), (8, 8))
 
 
 def test_clear_frees_and_reloads(make_app):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hmac
 import io
 from pathlib import PurePath
-from typing import Any
+from typing import IO, Any
 
 from flask import Blueprint, Response, current_app, jsonify, request, send_file
 from werkzeug.datastructures import FileStorage
@@ -61,8 +61,8 @@ def safe_stem(filename: str) -> str:
     return stem or "image"
 
 
-def _file_bytes(field: str, required: bool = True) -> tuple[bytes, str] | None:
-    """A multipart file field's bytes and safe stem; 400/415 for a bad form."""
+def _file_stream(field: str, required: bool = True) -> tuple[IO[bytes], str] | None:
+    """A multipart file field's stream (in memory or spooled to UPLOAD_FOLDER) and a safe stem; 400/415."""
     upload: FileStorage | None = request.files.get(field)
     if upload is None:
         if not required:
@@ -71,10 +71,11 @@ def _file_bytes(field: str, required: bool = True) -> tuple[bytes, str] | None:
     if not upload.filename:
         raise BadRequest(f"the '{field}' field has no filename; attach a file, e.g. curl -F {field}=@photo.jpg")
     imaging.check_extension(upload.filename)
-    data = upload.read()
-    if not data:
+    stream = upload.stream
+    if stream.seek(0, io.SEEK_END) == 0:
         raise BadRequest(f"the uploaded '{field}' file is empty")
-    return data, safe_stem(upload.filename)
+    stream.seek(0)
+    return stream, safe_stem(upload.filename)
 
 
 def _options() -> pipeline.Options:
@@ -101,18 +102,18 @@ def _file_response(result: pipeline.Result) -> Response:
 def remove() -> Response:
     """The subject on a transparent background (PNG by default)."""
     options = _options()
-    data, stem = _file_bytes("file")
-    return _file_response(pipeline.remove_background(data, stem, options, _service(), _config()))
+    stream, stem = _file_stream("file")
+    return _file_response(pipeline.remove_background(stream, stem, options, _service(), _config()))
 
 
 @bp.post("/change_color")
 def change_color() -> Response:
     """The subject over a colour (default white, JPEG) or over an uploaded background image."""
     options = _options()
-    data, stem = _file_bytes("file")
-    background = _file_bytes("bg_image", required=False)
+    stream, stem = _file_stream("file")
+    background = _file_stream("bg_image", required=False)
     return _file_response(
-        pipeline.change_background(data, stem, options, _service(), _config(), background[0] if background else None)
+        pipeline.change_background(stream, stem, options, _service(), _config(), background[0] if background else None)
     )
 
 

@@ -149,6 +149,7 @@ class IsnetTinyService:
         self._loader: threading.Thread | None = None
         self._slot = threading.Semaphore(1)
         self._waiting = 0
+        self._holder: int | None = None
         self._listeners: list[Callable[[float], None]] = []
         self.stats = Stats()
 
@@ -289,29 +290,41 @@ class IsnetTinyService:
         finally:
             self._slot.release()
 
-    def input_size(self) -> int:
-        """The loaded model's square input size, waiting for the model if needed (503 if it cannot come)."""
-        self.wait_until_ready(self.config.queue_timeout_s)
-        return self._input_size
+    @contextmanager
+    def slot(self) -> Iterator[int]:
+        """Wait for the model and for the single inference slot; yields the model's input size.
 
-    def mask(self, model_rgb: Image.Image, size: tuple[int, int]) -> Image.Image:
-        """The subject's alpha mask (L) at `size`, from the model-size RGB input."""
+        Callers decode the photo and call mask() inside it, so the process holds one full-size request
+        at a time while the others wait holding only their (spooled) upload.
+        """
         self.wait_until_ready(self.config.queue_timeout_s)
         with self._admitted():
-            session, spec = self._session, self._file.spec if self._file else None
-            if session is None or spec is None:
+            if self._session is None:
                 raise Unavailable("the model was unloaded; try again", retry_after=1)
-            if model_rgb.size != (self._input_size, self._input_size):
-                model_rgb = model_rgb.resize((self._input_size, self._input_size), Image.Resampling.LANCZOS)
-            started = time.monotonic()
-            tensor = imaging.model_input(model_rgb, spec.mean, spec.std)
-            prediction = session.run([self._output_name], {self._input_name: tensor})[0]
-            del tensor
-            mask = imaging.mask_from_output(np.asarray(prediction), size)
-            del prediction
-            seconds = time.monotonic() - started
-            self.stats.inferences += 1
-            self.stats.last_inference_s = round(seconds, 3)
+            self._holder = threading.get_ident()
+            try:
+                yield self._input_size
+            finally:
+                self._holder = None
+
+    def mask(self, model_rgb: Image.Image, size: tuple[int, int]) -> Image.Image:
+        """The subject's alpha mask (L) at `size`, from the model-size RGB input; call inside slot()."""
+        if self._holder != threading.get_ident():
+            raise RuntimeError("IsnetTinyService.mask() called outside slot()")
+        session, spec = self._session, self._file.spec if self._file else None
+        if session is None or spec is None:
+            raise Unavailable("the model was unloaded; try again", retry_after=1)
+        if model_rgb.size != (self._input_size, self._input_size):
+            model_rgb = model_rgb.resize((self._input_size, self._input_size), Image.Resampling.LANCZOS)
+        started = time.monotonic()
+        tensor = imaging.model_input(model_rgb, spec.mean, spec.std)
+        prediction = session.run([self._output_name], {self._input_name: tensor})[0]
+        del tensor
+        mask = imaging.mask_from_output(np.asarray(prediction), size)
+        del prediction
+        seconds = time.monotonic() - started
+        self.stats.inferences += 1
+        self.stats.last_inference_s = round(seconds, 3)
         for listener in self._listeners:
             listener(seconds)
         return mask
