@@ -311,7 +311,7 @@ def main() -> int:
     print(f"Machine: nproc {info['nproc']}, {info['cpu']}, onnxruntime {info['onnxruntime']}, "
           f"Python {info['python']}; code: {info['git']}")
     print(f"Command: `{cmd}`")
-    threads = os.environ.get("GUNICORN_THREADS", "4")
+    threads = os.environ.get("GUNICORN_THREADS", "gunicorn.conf.py default")
     print("Server: `gunicorn -c gunicorn.conf.py app_isnet_tiny:app` "
           f"({os.environ.get('WEB_CONCURRENCY', '1')} worker, gthread, {threads} threads), BG_MODEL={args.model}, ORT_THREADS={args.threads or 'default (1)'}\n")
     print(table(r, args))
