@@ -108,19 +108,25 @@ def release_memory_to_os() -> None:
         libc.malloc_trim(0)
 
 
-# NCHWc re-layout speeds u2netp's fp32 convolutions ~15 % but its reorder buffers add ~75 MB to the
-# peak (bench/README.md); memory is the budget that matters in a 512 MB container.
+# The NCHWc re-layout's reorder buffers cost 8 MB of peak on u2netp and 33 MB on isnet-general-tiny
+# for no clear speed-up once buffer reuse is off (bench/README.md); memory is the budget that matters.
 DISABLED_OPTIMIZERS = ["NchwcTransformer"]
 
 
 def create_session(path: str, threads: int) -> ort.InferenceSession:
-    """A lean CPU session: few threads, no arena, no memory pattern (both only raise the peak here)."""
+    """A lean CPU session: few threads; no arena, memory pattern or buffer reuse.
+
+    Each of those three keeps activation buffers alive past their last use (bench/README.md has the
+    measurements): without them every tensor is freed as soon as its last consumer has run, and with
+    glibc's mmap threshold lowered (tune_malloc) that memory goes straight back to the OS.
+    """
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.enable_cpu_mem_arena = False
     options.enable_mem_pattern = False
+    options.enable_mem_reuse = False
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
     return ort.InferenceSession(
