@@ -5,7 +5,11 @@ output 0 (the mask) -> static QDQ int8 quantisation calibrated on the public
 images in ``app/model_build_calibration/`` -> atomic write of the model and a
 ``<dest>.sha256`` sidecar. The same source gives byte-identical output.
 
-The recipe was chosen by measurement; see ``bench/RESULTS-isnet-tiny.md``.
+The recipe (``DEFAULT_RECIPE``) was chosen by measurement, see
+``bench/RESULTS-isnet-tiny.md``: QDQ, per-channel, U8 activations / S8 weights,
+Entropy calibration one image at a time, only the mask head (side1 Conv, last
+Resize, Sigmoid) in float. On the 6 fixture photos: IoU 0.9928 mean / 0.965 min
+vs fp32 IS-Net, 44.6 MB, 267 MB peak RSS with MALLOC_MMAP_THRESHOLD_=131072.
 This module must not import Flask.
 """
 
