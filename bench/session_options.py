@@ -71,12 +71,16 @@ def main() -> int:
     parser.add_argument("--model", default=None, help="ONNX file (default: the bundled u2netp)")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--only", help="comma-separated row numbers (1-based) to run, e.g. 1,2")
     args = parser.parse_args()
+    rows = list(VARIANTS.items())
+    if args.only:
+        rows = [rows[int(i) - 1] for i in args.only.split(",")]
     model = args.model or str(bundled_u2netp())
     print(f"model: {model}, {args.runs} runs, intra-op threads {args.threads}\n")
     print("| variant | RSS after session (MB) | peak RSS (MB) | inference adds (MB) | median s |")
     print("| --- | --- | --- | --- | --- |")
-    for name, variant in VARIANTS.items():
+    for name, variant in rows:
         result = measure(model, variant, args.runs, args.threads)
         print(f"| {name} | {result['session_mb']:.0f} | {result['peak_mb']:.0f} | "
               f"{result['peak_mb'] - result['session_mb']:.0f} | {result['median_s']:.2f} |", flush=True)
