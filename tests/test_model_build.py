@@ -20,8 +20,8 @@ from app.services.model_build import (
     calibration_images,
     load_source,
     preprocess,
-    sha256_path,
 )
+from app.services.model_store import sidecar_of
 
 SIZE = 64
 REAL_SOURCE = Path(__file__).resolve().parents[1] / ".." / "shared" / "models" / "isnet-general-use.fp16.onnx"
@@ -178,7 +178,7 @@ def test_build_quantises_and_stays_close(built: dict, sample: np.ndarray, kind: 
     ops = {n.op_type for n in model.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops or "QLinearConv" in ops
     assert hashlib.sha256(dest.read_bytes()).hexdigest() == digest
-    assert sha256_path(dest).read_text().strip() == digest
+    assert sidecar_of(dest).read_text().strip() == digest
     y = _run(dest, sample)
     ref = _run(src, sample)
     assert y.shape == (1, 1, SIZE, SIZE)
@@ -216,4 +216,4 @@ def test_build_from_real_isnet(tmp_path: Path) -> None:
     model = onnx.load(str(dest))
     assert len(model.graph.output) == 1
     assert dest.stat().st_size < 60_000_000
-    assert sha256_path(dest).read_text().strip() == digest
+    assert sidecar_of(dest).read_text().strip() == digest

@@ -27,9 +27,10 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
+from app.imaging import model_input
+from app.services.model_store import CATALOGUE, sidecar_of
+
 CALIBRATION_DIR = Path(__file__).resolve().parent.parent / "model_build_calibration"
-MEAN = 0.5
-STD = 1.0
 
 _FLOATS = (TensorProto.FLOAT, TensorProto.FLOAT16)
 
@@ -220,14 +221,11 @@ def prune_to_first_output(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def preprocess(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
-    """IS-Net pre-processing: RGB, LANCZOS resize, /max, -mean, /std, NCHW float32."""
+    """The service's own IS-Net pre-processing, so calibration sees exactly what inference will."""
     h, w = size
-    im = image.convert("RGB").resize((w, h), Image.LANCZOS)
-    arr = np.asarray(im, dtype=np.float32)
-    peak = float(np.max(arr))
-    arr = arr / (peak if peak > 0 else 1.0)
-    arr = (arr - MEAN) / STD
-    return np.ascontiguousarray(arr.transpose(2, 0, 1)[None, ...], dtype=np.float32)
+    resized = image.convert("RGB").resize((w, h), Image.Resampling.LANCZOS)
+    spec = CATALOGUE["isnet-general-use"]
+    return model_input(resized, spec.mean, spec.std)
 
 
 def calibration_images(directory: Path = CALIBRATION_DIR) -> list[Path]:
@@ -418,11 +416,6 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-def sha256_path(dest: Path) -> Path:
-    """Sidecar path holding the hex sha256 of ``dest``: ``<dest>.sha256``."""
-    return Path(f"{dest}.sha256")
-
-
 def build_isnet_tiny(
     source: Path,
     dest: Path,
@@ -438,6 +431,7 @@ def build_isnet_tiny(
     model = load_source(Path(source))
     data = quantize(model, calibration_images(calibration_dir), recipe)
     digest = hashlib.sha256(data).hexdigest()
+    # The checksum first: the model file appearing is what tells readers the build is complete.
+    _atomic_write(sidecar_of(dest), f"{digest}\n".encode())
     _atomic_write(dest, data)
-    _atomic_write(sha256_path(dest), f"{digest}\n".encode())
     return digest
