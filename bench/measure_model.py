@@ -59,7 +59,11 @@ def postprocess(pred: np.ndarray, size: tuple[int, int]):
 
 
 def compare(alpha, ref_path: Path) -> tuple[float, float]:
-    """IoU of (alpha>127) and MAE/255 against the reference mask."""
+    """IoU of (alpha>127) and MAE/255 against the reference mask.
+
+    The same as common.score, kept here on purpose: common imports requests, which would add to the
+    peak RSS this script exists to measure.
+    """
     from PIL import Image
 
     ref = Image.open(ref_path).convert("L")
