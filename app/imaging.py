@@ -61,6 +61,16 @@ def scaled_size(size: tuple[int, int], max_dimension: int) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
+_MAGIC: tuple[bytes, ...] = (b"\x89PNG", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
+
+
+def _looks_like_accepted_image(stream: BinaryIO) -> bool:
+    """Starts like a format we accept: a broken file of the right kind is 422, not 415."""
+    stream.seek(0)
+    head = stream.read(12)
+    return head.startswith(_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+
+
 def open_checked(source: bytes | BinaryIO, max_pixels: int) -> Image.Image:
     """Open lazily (header only) and refuse non-images, unaccepted formats and pixel bombs before decoding.
 
@@ -78,6 +88,8 @@ def open_checked(source: bytes | BinaryIO, max_pixels: int) -> Image.Image:
     except Image.DecompressionBombError:
         raise TooLarge(f"the image has too many pixels (limit {max_pixels:,})") from None
     except UnidentifiedImageError:
+        if _looks_like_accepted_image(stream):
+            raise CorruptImage("the image is truncated or corrupt (its header is incomplete); re-export it and try again") from None
         raise UnsupportedMedia(
             f"the file is not an image we can read; send one of: {', '.join(ALLOWED_EXTENSIONS)}"
         ) from None

@@ -123,6 +123,12 @@ def test_truncated_image_is_422():
         decode(jpeg[: len(jpeg) // 3])
 
 
+@pytest.mark.parametrize("head", [b"GIF89a", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff\xe0", b"RIFF\x00\x00\x00\x00WEBPVP8 "])
+def test_a_header_alone_is_corrupt_not_unsupported(head):
+    with pytest.raises(CorruptImage):
+        imaging.open_checked(head, MAX_PIXELS)
+
+
 def test_empty_is_corrupt():
     with pytest.raises(CorruptImage):
         imaging.open_checked(b"", MAX_PIXELS)
