@@ -5,7 +5,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, TypeVar
 
 from platformdirs import user_cache_dir
 
@@ -16,31 +16,23 @@ ALLOWED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP")
 ALLOWED_EXTENSIONS: tuple[str, ...] = ("png", "jpg", "jpeg", "gif", "bmp", "tiff", "tif", "webp")
 
 
+N = TypeVar("N", int, float)
+
+
 class ConfigError(ValueError):
     """A bad environment value; the message names the variable so start-up can say what to fix."""
 
 
-def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+def _number(env: Mapping[str, str], name: str, default: N, low: N, high: N) -> N:
+    """A whole number or a float (by the default's type) within [low, high]."""
     raw = env.get(name, "").strip()
     if not raw:
         return default
+    kind = type(default)
     try:
-        value = int(raw)
+        value = kind(raw)
     except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a whole number") from None
-    if not low <= value <= high:
-        raise ConfigError(f"{name}={value} is out of range ({low}..{high})")
-    return value
-
-
-def _float(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number") from None
+        raise ConfigError(f"{name}={raw!r} is not a {'whole number' if kind is int else 'number'}") from None
     if not low <= value <= high:
         raise ConfigError(f"{name}={value} is out of range ({low}..{high})")
     return value
@@ -117,7 +109,7 @@ class Config:
         if metrics_raw not in ("", "0", "1", "true", "false", "yes", "no"):
             raise ConfigError(f"METRICS={metrics_raw!r} must be 1 or 0")
         return cls(
-            port=_int(env, "PORT", 5000, 1, 65535),
+            port=_number(env, "PORT", 5000, 1, 65535),
             flask_env=flask_env,
             secret_key=env.get("SECRET_KEY", "").strip() or DEFAULT_SECRET_KEY,
             upload_folder=_dir(env, "UPLOAD_FOLDER", defaults.upload_folder),
@@ -127,12 +119,12 @@ class Config:
             bg_model=bg_model,
             isnet_source=isnet_source,
             model_base_url=_url(env, "MODEL_BASE_URL", REMBG_RELEASES),
-            ort_threads=_int(env, "ORT_THREADS", 1, 1, 64),
-            max_file_size_mb=_int(env, "MAX_FILE_SIZE_MB", 8, 1, 100),
-            max_dimension=_int(env, "MAX_DIMENSION", 1024, 64, 8192),
-            max_pixels=_int(env, "MAX_PIXELS", 40_000_000, 1_000_000, 400_000_000),
-            queue_timeout_s=_float(env, "QUEUE_TIMEOUT_S", 30.0, 0.0, 600.0),
-            max_queue=_int(env, "MAX_QUEUE", 8, 0, 1000),
+            ort_threads=_number(env, "ORT_THREADS", 1, 1, 64),
+            max_file_size_mb=_number(env, "MAX_FILE_SIZE_MB", 8, 1, 100),
+            max_dimension=_number(env, "MAX_DIMENSION", 1024, 64, 8192),
+            max_pixels=_number(env, "MAX_PIXELS", 40_000_000, 1_000_000, 400_000_000),
+            queue_timeout_s=_number(env, "QUEUE_TIMEOUT_S", 30.0, 0.0, 600.0),
+            max_queue=_number(env, "MAX_QUEUE", 8, 0, 1000),
             api_key=env.get("API_KEY", "").strip() or None,
             metrics=metrics_raw in ("1", "true", "yes"),
         )
