@@ -131,3 +131,12 @@ def test_clear_frees_and_reloads(make_app):
     assert not service.loaded and service.state.value == "not_loaded"
     service.wait_until_ready(30)
     assert service.loaded
+
+
+def test_public_reasons_name_no_server_paths():
+    from app.services.isnet_tiny_service import without_paths
+
+    assert without_paths("Load model from /srv/models/bad.onnx failed") == "Load model from bad.onnx failed"
+    assert without_paths("/root/.cache/x/u2netp.onnx failed its sha256 check") == "u2netp.onnx failed its sha256 check"
+    url = "download of u2netp from https://mirror.example/models/u2netp.onnx failed"
+    assert without_paths(url) == url

@@ -12,6 +12,7 @@ import ctypes.util
 import gc
 import logging
 import os
+import re
 import threading
 import time
 from contextlib import contextmanager
@@ -62,6 +63,14 @@ class Stats:
     last_inference_s: float | None = None
     load_seconds: float | None = None
     rejected_busy: int = 0
+
+
+_DIRECTORIES = re.compile(r"(?<![\w:/.])(?:/[^\s/'\":]+)+/")
+
+
+def without_paths(text: str) -> str:
+    """Drop the directories of absolute paths (file names stay), so public errors name no server paths."""
+    return _DIRECTORIES.sub("", text)
 
 
 def rss_mb() -> float:
@@ -238,10 +247,11 @@ class IsnetTinyService:
             self._set_state(ModelState.LOADING)
             session = create_session(str(found.path), self.config.ort_threads)
         except (ModelUnavailable, OSError, *ORT_ERRORS) as exc:
-            self._reason = str(exc) if isinstance(exc, ModelUnavailable) else f"cannot load the model file: {exc}"
+            reason = str(exc) if isinstance(exc, ModelUnavailable) else f"cannot load the model file: {exc}"
+            log.error("model %s failed: %s", self.model_name, reason)
+            self._reason = without_paths(reason)  # shown to clients by /status, /health and 503s
             self._failed_at = time.monotonic()
             self._set_state(ModelState.FAILED)
-            log.error("model %s failed: %s", self.model_name, self._reason)
             self._ready.set()
             return
         model_input = session.get_inputs()[0]
