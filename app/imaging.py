@@ -32,7 +32,6 @@ class Decoded:
     rgb: Image.Image
     model_rgb: Image.Image | None
     alpha: Image.Image | None
-    source_format: str
 
     @property
     def size(self) -> tuple[int, int]:
@@ -142,7 +141,6 @@ def decode(image: Image.Image, max_dimension: int, model_size: int | None = None
 
     413/422 as ApiError.
     """
-    source_format = image.format or "unknown"
     try:
         if image.format == "JPEG":
             image.draft("RGB", _draft_size(image.size, max_dimension, model_size or 1))
@@ -168,7 +166,7 @@ def decode(image: Image.Image, max_dimension: int, model_size: int | None = None
         if alpha.getextrema() == (255, 255):
             alpha = None
         image = image.convert("RGB")
-    return Decoded(image, model_rgb, alpha, source_format)
+    return Decoded(image, model_rgb, alpha)
 
 
 def model_input(model_rgb: Image.Image, mean: tuple[float, float, float], std: tuple[float, float, float]) -> np.ndarray:
