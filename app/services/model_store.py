@@ -202,14 +202,6 @@ def download(spec: ModelSpec, model_dir: Path, base_url: str = REMBG_RELEASES, t
     return ModelFile(spec, Path(path), "download")
 
 
-def locate_or_fetch(spec: ModelSpec, model_dir: Path, base_url: str = REMBG_RELEASES) -> ModelFile:
-    """Local copy if there is one, otherwise a download; raises ModelUnavailable."""
-    local = find_local(spec, model_dir)
-    if local is not None:
-        return local
-    return download(spec, model_dir, base_url)
-
-
 def copy_into(source: Path, dest: Path) -> None:
     """Copy atomically (temp name, then rename), so a reader never sees half a model."""
     partial = dest.with_name(dest.name + ".partial")
