@@ -108,17 +108,25 @@ def parse_color(text: str | None) -> tuple[int, int, int, int] | None:
 Source = bytes | BinaryIO
 
 
-def _subject(source: Source, options: Options, service: MaskService, config: Config) -> tuple[Image.Image, Image.Image]:
-    """Decode and mask: (RGB at output size, alpha mask including the upload's own transparency).
+def _subject(
+    source: Source,
+    options: Options,
+    service: MaskService,
+    config: Config,
+    background: Image.Image | None = None,
+) -> tuple[Image.Image, Image.Image, Image.Image | None]:
+    """Decode and mask: (RGB at output size, alpha including the upload's own transparency, backdrop).
 
-    The header checks run first, without waiting for the model; decoding waits for the inference slot
-    so that concurrent requests never hold more than one decoded photo between them.
+    The header checks run first, without waiting for the model; decoding (of the photo and of an
+    opened background image) waits for the inference slot, so that concurrent requests never hold
+    more than one full-size decode between them.
     """
     opened = imaging.open_checked(source, config.max_pixels)
     with service.slot() as input_size:
         decoded = imaging.decode(opened, options.max_dimension or config.max_dimension, input_size)
         mask = service.mask(decoded.model_rgb, decoded.size)
-    return decoded.rgb, imaging.combine_alpha(mask, decoded.alpha)
+        backdrop = imaging.decode(background, config.max_dimension).rgb if background is not None else None
+    return decoded.rgb, imaging.combine_alpha(mask, decoded.alpha), backdrop
 
 
 def _cropped(rgb: Image.Image, alpha: Image.Image, options: Options) -> tuple[Image.Image, Image.Image]:
@@ -137,7 +145,8 @@ def _result(image: Image.Image, fmt: str, prefix: str, stem: str) -> Result:
 
 def remove_background(data: Source, stem: str, options: Options, service: MaskService, config: Config) -> Result:
     """The cutout (PNG by default), or the mask alone with only_mask."""
-    rgb, alpha = _cropped(*_subject(data, options, service, config), options)
+    rgb, alpha, _ = _subject(data, options, service, config)
+    rgb, alpha = _cropped(rgb, alpha, options)
     if options.only_mask:
         return _result(alpha, options.fmt or "png", "mask", stem)
     return _result(imaging.cutout(rgb, alpha), options.fmt or "png", "nobg", stem)
@@ -158,11 +167,9 @@ def change_background(
     translucent = background is None and color[3] < 255
     if translucent and options.fmt == "jpeg":
         raise BadRequest("a colour with alpha below 255 needs format png or webp; JPEG has no transparency")
-    backdrop = None
-    if background is not None:
-        opened = imaging.open_checked(background, config.max_pixels)
-        backdrop = imaging.decode(opened, config.max_dimension).rgb
-    rgb, alpha = _cropped(*_subject(data, options, service, config), options)
+    opened_background = imaging.open_checked(background, config.max_pixels) if background is not None else None
+    rgb, alpha, backdrop = _subject(data, options, service, config, opened_background)
+    rgb, alpha = _cropped(rgb, alpha, options)
     if options.only_mask:
         return _result(alpha, options.fmt or "png", "mask", stem)
     under = imaging.cover(backdrop, rgb.size) if backdrop is not None else imaging.solid(rgb.size, color)
