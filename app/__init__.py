@@ -76,7 +76,6 @@ def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
     """Build the app. `config` is a Config, an environment-like mapping (tests), or None for os.environ."""
     from app.api.bg_removal_api import bp
     from app.cli import register_cli
-    from app.metrics import install_metrics
     from app.services.isnet_tiny_service import IsnetTinyService, tune_malloc
 
     if not isinstance(config, Config):
@@ -102,6 +101,8 @@ def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
     app.extensions["isnet_tiny"] = service
     app.register_blueprint(bp)
     if config.metrics:
+        from app.metrics import install_metrics  # prometheus_client only when metrics are on
+
         install_metrics(app, service)
     _register_errors(app)
     register_cli(app)
