@@ -1,4 +1,8 @@
-"""gunicorn settings: one worker (one model in memory), a few threads, 60 s per request."""
+"""gunicorn settings: one worker (one model in memory), a few threads, a quiet start.
+
+No setting here limits a single request's time (see `timeout`): a request is bounded by QUEUE_TIMEOUT_S
+for its wait and by the inference itself (README-isnet-tiny.md, Deployment).
+"""
 import os
 
 bind = f"0.0.0.0:{os.environ.get('PORT', '5000')}"
@@ -7,7 +11,10 @@ worker_class = "gthread"
 # Enough threads for the one running inference, MAX_QUEUE (8) waiting uploads, and spares so that
 # /health and /status answer at once under load. Waiting requests hold only their spooled upload.
 threads = int(os.environ.get("GUNICORN_THREADS", "12"))
+# The arbiter restarts a worker whose heartbeat stops for this long (a wedged process). It is not a
+# per-request limit: a threaded worker keeps beating while its threads serve slow requests.
 timeout = 60
+# On SIGTERM, in-flight requests get this long to finish; railway.toml's drainingSeconds covers it.
 graceful_timeout = 30
 keepalive = 5
 max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "0"))
@@ -15,3 +22,6 @@ max_requests_jitter = 50
 accesslog = "-"
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info")
+# gunicorn 25.1+ opens a control socket (for `gunicornc`) under $XDG_RUNTIME_DIR or $HOME; in the image
+# $HOME is /nonexistent and every start would log an ERROR. One worker in a container needs no control.
+control_socket_disable = True

@@ -8,7 +8,7 @@ from typing import IO, Any, Mapping
 from flask import Flask, Request, current_app, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from app.config import ALLOWED_EXTENSIONS, DEFAULT_SECRET_KEY, Config
+from app.config import ALLOWED_EXTENSIONS, Config
 from app.errors import ApiError
 
 log = logging.getLogger("app")
@@ -88,17 +88,15 @@ def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
     app.request_class = SpoolingRequest
     app.config.update(
         PIXPORT=config,
-        SECRET_KEY=config.secret_key,
         MAX_CONTENT_LENGTH=config.max_content_length + 64 * 1024,  # the form's own overhead
         TESTING=config.flask_env == "testing",
         JSON_SORT_KEYS=False,
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    if config.secret_key == DEFAULT_SECRET_KEY and config.flask_env == "production":
-        log.warning("SECRET_KEY is not set; set it to a random value in production")
-
     service = IsnetTinyService.instance(config)
     app.extensions["isnet_tiny"] = service
+    if config.preload_model:
+        service.preload()  # in the background: the server starts listening at once, health says 503 until ready
     app.register_blueprint(bp)
     if config.metrics:
         from app.metrics import install_metrics  # prometheus_client only when metrics are on

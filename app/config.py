@@ -11,7 +11,6 @@ from platformdirs import user_cache_dir
 
 from app.services.model_store import CATALOGUE, REMBG_RELEASES
 
-DEFAULT_SECRET_KEY = "pixport-dev-secret-change-me"
 ALLOWED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP")
 ALLOWED_EXTENSIONS: tuple[str, ...] = ("png", "jpg", "jpeg", "gif", "bmp", "tiff", "tif", "webp")
 
@@ -50,6 +49,14 @@ def _dir(env: Mapping[str, str], name: str, default: Path) -> Path:
     return path
 
 
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    """An on/off switch: 1/true/yes or 0/false/no (any case); unset is off."""
+    raw = env.get(name, "").strip().lower()
+    if raw not in ("", "0", "1", "true", "false", "yes", "no"):
+        raise ConfigError(f"{name}={raw!r} must be 1 or 0")
+    return raw in ("1", "true", "yes")
+
+
 def _url(env: Mapping[str, str], name: str, default: str) -> str:
     raw = env.get(name, "").strip()
     if not raw:
@@ -65,7 +72,6 @@ class Config:
 
     port: int = 5000
     flask_env: str = "production"
-    secret_key: str = DEFAULT_SECRET_KEY
     upload_folder: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "pixport-uploads")
     processed_folder: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "pixport-processed")
     model_dir: Path = field(default_factory=lambda: Path(user_cache_dir("pixport-isnet-tiny")))
@@ -81,6 +87,7 @@ class Config:
     max_queue: int = 8
     api_key: str | None = None
     metrics: bool = False
+    preload_model: bool = False
 
     @property
     def max_content_length(self) -> int:
@@ -111,7 +118,6 @@ class Config:
         return cls(
             port=_number(env, "PORT", 5000, 1, 65535),
             flask_env=flask_env,
-            secret_key=env.get("SECRET_KEY", "").strip() or DEFAULT_SECRET_KEY,
             upload_folder=_dir(env, "UPLOAD_FOLDER", defaults.upload_folder),
             processed_folder=_dir(env, "PROCESSED_FOLDER", defaults.processed_folder),
             model_dir=_dir(env, "MODEL_DIR", defaults.model_dir),
@@ -127,4 +133,5 @@ class Config:
             max_queue=_number(env, "MAX_QUEUE", 8, 0, 1000),
             api_key=env.get("API_KEY", "").strip() or None,
             metrics=metrics_raw in ("1", "true", "yes"),
+            preload_model=_flag(env, "PRELOAD_MODEL"),
         )

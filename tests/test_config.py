@@ -17,10 +17,10 @@ def test_values_are_read(tmp_path: Path):
     model.write_bytes(b"x")
     config = Config.from_env(
         {"PORT": "8080", "BG_MODEL": "u2netp", "MODEL_PATH": str(model), "ORT_THREADS": "2",
-         "MAX_FILE_SIZE_MB": "4", "MAX_DIMENSION": "512", "MODEL_DIR": str(tmp_path), "SECRET_KEY": "s"}
+         "MAX_FILE_SIZE_MB": "4", "MAX_DIMENSION": "512", "MODEL_DIR": str(tmp_path), "PRELOAD_MODEL": "1"}
     )
     assert (config.port, config.bg_model, config.model_path, config.ort_threads) == (8080, "u2netp", model, 2)
-    assert (config.max_file_size_mb, config.max_dimension, config.secret_key) == (4, 512, "s")
+    assert (config.max_file_size_mb, config.max_dimension, config.preload_model) == (4, 512, True)
 
 
 @pytest.mark.parametrize(

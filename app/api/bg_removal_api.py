@@ -127,24 +127,40 @@ def _memory() -> dict[str, Any]:
 
 
 @bp.get("/health")
-def health() -> tuple[Response, int]:
-    """For the platform's probe: cheap, never waits behind inference."""
+def health() -> Response:
+    """For the platform's probe: cheap, never waits behind an inference or a load.
+
+    With PRELOAD_MODEL on (the image) 200 means the model is loaded and can serve: 503 while it loads,
+    503 with the reason when it failed (each probe also lets a failed load retry after its back-off).
+    Without it the model loads on the first request, so health is 200 until a load has failed.
+    """
     service = _service()
+    if service.eager:
+        service.start_loading()  # no-op while loading or ready; reloads after clear_cache, retries a failure
+    state = service.state
     memory = rss_mb()
     body: dict[str, Any] = {
         "status": "healthy",
         "memory_mb": round(memory, 1),
         "model_loaded": service.loaded,
         "model": service.model_name,
-        "model_state": service.state.value,
+        "model_state": state.value,
     }
     if memory > HIGH_MEMORY_MB:
         body["warning"] = f"memory {memory:.0f} MB is above {HIGH_MEMORY_MB:.0f} MB; POST /api/bg/clear_cache frees it"
-    if service.state == ModelState.FAILED:
+    status, retry_after = 200, None
+    if state == ModelState.FAILED:
         body["status"] = "unhealthy"
         body["error"] = service.describe()["reason"]
-        return jsonify(body), 503
-    return jsonify(body), 200
+        status, retry_after = 503, 30
+    elif service.eager and state != ModelState.READY:
+        body["status"] = "starting"
+        status, retry_after = 503, 5
+    response = jsonify(body)
+    response.status_code = status
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
+    return response
 
 
 @bp.get("/status")

@@ -85,7 +85,7 @@ def openapi_document(config: Config, metrics: bool) -> dict[str, Any]:
             "responses": {
                 "200": {"description": "healthy", "content": {"application/json": {"schema": {
                     "$ref": "#/components/schemas/Health"}}}},
-                "503": {"description": "the model failed", "content": {"application/json": {"schema": {
+                "503": {"description": "the model failed, or (PRELOAD_MODEL) is not loaded yet", "content": {"application/json": {"schema": {
                     "$ref": "#/components/schemas/Health"}}}},
             },
         }},
@@ -130,7 +130,7 @@ def openapi_document(config: Config, metrics: bool) -> dict[str, Any]:
                 "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}},
                           "additionalProperties": False},
                 "Health": {"type": "object", "required": ["status", "memory_mb", "model_loaded"], "properties": {
-                    "status": {"type": "string", "enum": ["healthy", "unhealthy"]},
+                    "status": {"type": "string", "enum": ["healthy", "starting", "unhealthy"]},
                     "memory_mb": {"type": "number"}, "model_loaded": {"type": "boolean"},
                     "model": {"type": "string"}, "model_state": {"type": "string"},
                     "warning": {"type": "string"}, "error": {"type": "string", "nullable": True}}},

@@ -148,6 +148,7 @@ class IsnetTinyService:
 
     _instance: "IsnetTinyService | None" = None
     _instance_lock = threading.Lock()
+    eager = False  # set by preload(): the model is wanted loaded at all times, not on the first request
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -220,6 +221,15 @@ class IsnetTinyService:
             self._ready.clear()
             self._loader = threading.Thread(target=self._load, name="model-loader", daemon=True)
             self._loader.start()
+
+    def preload(self) -> None:
+        """Load the model now, in the background, instead of on the first request (PRELOAD_MODEL=1).
+
+        The server answers at once; /health reports the load (503 until it is ready) and, being eager,
+        asks start_loading() again on each probe, so a failed load is retried after its back-off.
+        """
+        self.eager = True
+        self.start_loading()
 
     def _set_state(self, state: ModelState) -> None:
         self._state = state

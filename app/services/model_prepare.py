@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import importlib.util
 import logging
 import subprocess
 import sys
@@ -22,13 +23,30 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 BUILD_TIMEOUT_S = 3600
 
 
+def require_build_tools() -> None:
+    """ModelUnavailable, saying what to do, when onnx is missing (the Docker image serves without it)."""
+    if importlib.util.find_spec("onnx") is None:
+        raise ModelUnavailable(
+            f"{model_store.TINY} is not in MODEL_DIR and cannot be built here: onnx is not installed (the "
+            "Docker image ships without it). Build the image with BG_MODEL_BUILD=isnet-general-tiny, or "
+            f"pip install -r requirements-build.txt and run `flask --app app_isnet_tiny prepare-model {model_store.TINY}`"
+        )
+
+
 def prepare_tiny(model_dir: Path, source: Path | None, base_url: str = model_store.REMBG_RELEASES) -> ModelFile:
     """Build isnet-general-tiny into model_dir in this process (the CLI and the child use this)."""
+    require_build_tools()
     from app.services.model_build import ModelBuildError, build_isnet_tiny
 
     spec = model_store.CATALOGUE[model_store.TINY]
     if source is None:
-        source = model_store.fetch_into_dir(model_store.CATALOGUE["isnet-general-use"], model_dir, base_url).path
+        try:
+            source = model_store.fetch_into_dir(model_store.CATALOGUE["isnet-general-use"], model_dir, base_url).path
+        except ModelUnavailable as exc:
+            raise ModelUnavailable(
+                f"{exc}; to build without downloading, set ISNET_SOURCE (or prepare-model --source) to a local "
+                "IS-Net general-use .onnx file, fp32 or fp16 (docker build: --build-arg ISNET_SOURCE=model-src/<file>)"
+            ) from exc
     dest = model_dir / spec.filename
     log.info("building %s from %s", spec.name, source)
     try:
@@ -48,6 +66,7 @@ def prepare_tiny_in_child(model_dir: Path, source: Path | None, base_url: str) -
             existing = model_store.find_local(spec, model_dir)
             if existing is not None:
                 return existing
+            require_build_tools()
             command = [sys.executable, "-m", "app.services.model_prepare", "--model-dir", str(model_dir),
                        "--base-url", base_url]
             if source is not None:
