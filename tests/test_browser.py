@@ -10,6 +10,7 @@ Screenshots go to tests/artifacts/ (gitignored).
 """
 from __future__ import annotations
 
+import html
 import re
 import shutil
 import tempfile
@@ -448,6 +449,20 @@ def test_phone_layout(base_url: str, browser: WebDriver):
     assert browser.find_element(By.ID, "split").is_displayed()
     browser.execute_script("document.getElementById('compare').scrollIntoView({block: 'center'})")
     screenshot(browser, "browser-phone.png")
+    # A cropped WebP has another framing than the photo: shown alone, whole, without the slider.
+    Select(browser.find_element(By.ID, "opt-format")).select_by_value("webp")
+    press(browser, browser.find_element(By.ID, "opt-crop"))
+    browser.find_element(By.ID, "opt-crop-margin").send_keys("4%")
+    press(browser, browser.find_element(By.ID, "submit"))
+    wait.until(lambda d: d.find_element(By.ID, "download").get_attribute("download") == "nobg_girl-2.webp")
+    assert last_sent(browser)["keys"] == ["file", "format", "crop", "crop_margin"]
+    assert not browser.find_element(By.ID, "compare").is_displayed()
+    assert browser.find_element(By.ID, "compare-note").is_displayed()
+    assert shown_at(browser, 0.05) == "result-img" and shown_at(browser, 0.95) == "result-img"
+    natural = browser.execute_script("const i = document.getElementById('result-img'); return [i.naturalWidth, i.naturalHeight];")
+    assert natural != [718, 478], "cropped to the subject"
+    inner = browser.execute_script("return [document.documentElement.scrollWidth, window.innerWidth];")
+    assert inner[0] <= inner[1], f"horizontal overflow at phone width: {inner}"
     # A field name in the docs table is never split across lines.
     lines = browser.execute_script(
         "const c = [...document.querySelectorAll('.fields code')].find(c => c.textContent === 'max_dimension');"
@@ -480,3 +495,18 @@ def test_theme_and_contrast(base_url: str, browser: WebDriver, scheme: str):
         screenshot(browser, "browser-desktop-dark.png")
     set_theme(browser, "light")
     assert script_errors(browser) == []
+
+
+@pytest.mark.parametrize("key", [None, "s3cret-page-key"])
+def test_curl_examples_name_the_key_header_only_when_needed(make_app, key: str | None):
+    """Rendered without a browser: the guarded examples carry the header iff API_KEY is set; never the key."""
+    app = make_app(API_KEY=key) if key else make_app()
+    page = app.test_client().get("/").get_data(as_text=True)
+    examples = [html.unescape(code) for code in re.findall(r"<pre><code>(.*?)</code></pre>", page, re.S)]
+    guarded = [code for code in examples if re.search(r"/(remove|change_color|clear_cache)\b", code)]
+    assert len(guarded) == 5 and len(examples) == 7, examples
+    for code in guarded:
+        assert ('-H "X-API-Key: $PIXPORT_API_KEY"' in code) == bool(key), code
+    assert all("-H" not in code for code in examples if code not in guarded)
+    if key:
+        assert key not in page

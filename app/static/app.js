@@ -551,9 +551,9 @@
       };
       render();
       busyText.textContent = "Done: " + filename + ", " + formatBytes(blob.size) + ".";
-      // On a phone the viewer sits under the form: bring the new result into view.
+      // Bring the whole new result into view (on a phone the viewer sits under the form).
       var box = stageWrap.getBoundingClientRect();
-      if (box.top > window.innerHeight || box.bottom < 0) output.scrollIntoView({ block: "start" });
+      if (box.bottom > window.innerHeight || box.top < 0) output.scrollIntoView({ block: "start" });
     };
     img.onerror = function () {
       URL.revokeObjectURL(url);
