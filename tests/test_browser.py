@@ -309,6 +309,8 @@ def test_desktop_result_slider_background_zoom_and_errors(base_url: str, browser
     assert abs(picture["width"] / picture["height"] - 718 / 478) < 0.02, picture
     assert rect(browser, "before-img") == picture  # the original lies exactly under the result
     assert abs(rect(browser, "stage")["width"] - picture["width"]) <= 2
+    assert browser.execute_script(  # at "fit" nothing scrolls
+        "const s = document.getElementById('stage'); return s.scrollWidth <= s.clientWidth && s.scrollHeight <= s.clientHeight;")
 
     # The slider moves the split: keyboard, then a click on the picture.
     split = browser.find_element(By.ID, "split")
@@ -341,11 +343,17 @@ def test_desktop_result_slider_background_zoom_and_errors(base_url: str, browser
         By.XPATH, ".."))
 
     # Look closer: zoom into a scrollable view of the same size, or open the file itself.
+    value_before_zoom = int(split.get_attribute("value"))
     stage = rect(browser, "stage")
     press(browser, browser.find_element(By.CSS_SELECTOR, 'input[name="zoom"][value="4"]').find_element(By.XPATH, ".."))
     assert abs(rect(browser, "result-img")["width"] - 4 * picture["width"]) < 4
     assert size(rect(browser, "stage")) == size(stage)  # the view keeps its size; the picture scrolls inside
     assert browser.execute_script("const s = document.getElementById('stage'); return s.scrollWidth > 3 * s.clientWidth;")
+    scrolled = browser.execute_script("return document.getElementById('stage').scrollLeft;")
+    ActionChains(browser).move_to_element(browser.find_element(By.ID, "stage")).click_and_hold().move_by_offset(
+        -120, 0).release().perform()  # a mouse drag pans
+    assert 100 <= browser.execute_script("return document.getElementById('stage').scrollLeft;") - scrolled <= 140
+    assert split.get_attribute("value") == str(value_before_zoom)  # and leaves the split alone
     press(browser, browser.find_element(By.CSS_SELECTOR, 'input[name="zoom"][value="1"]').find_element(By.XPATH, ".."))
     assert size(rect(browser, "result-img")) == size(picture)
     full = browser.find_element(By.ID, "open-full")

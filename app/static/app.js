@@ -428,10 +428,15 @@
   // ---------- the viewer ----------
   /** The picture's size on screen at "fit": as wide as the column, at most ~70 % of the window high. */
   function fitSize(width, height) {
-    var available = output.clientWidth;
+    var available = output.clientWidth - stageBorder();
     var maxHeight = Math.max(220, window.innerHeight * 0.7);
     var w = Math.min(available, maxHeight * width / height);
     return { width: Math.max(1, Math.floor(w)), height: Math.max(1, Math.round(w * height / width)) };
+  }
+
+  function stageBorder() {
+    var style = getComputedStyle(stage);
+    return (parseFloat(style.borderLeftWidth) || 0) + (parseFloat(style.borderRightWidth) || 0);
   }
 
   function layout() {
@@ -453,8 +458,9 @@
     }
     stage.classList.add("sized");
     stage.classList.toggle("zoomed", level > 1);
-    stageWrap.style.width = (fit.width + 2) + "px"; // + the 1px border on each side
-    stage.style.height = (fit.height + 2) + "px";
+    var border = stageBorder();
+    stageWrap.style.width = (fit.width + border) + "px";
+    stage.style.height = (fit.height + border) + "px";
     canvas.style.width = fit.width * level + "px";
     canvas.style.height = fit.height * level + "px";
     stage.scrollLeft = before.x * stage.scrollWidth - stage.clientWidth / 2;
