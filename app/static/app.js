@@ -555,6 +555,8 @@
             ? file.name + " with the background replaced by " + colour
             : file.name + " with the background removed"
       };
+      zoom = 1; // a new picture starts whole
+      form.querySelector('input[name="zoom"][value="1"]').checked = true;
       render();
       busyText.textContent = "Done: " + filename + ", " + formatBytes(blob.size) + ".";
       // Bring the whole new result into view (on a phone the viewer sits under the form).
