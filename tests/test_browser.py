@@ -119,6 +119,7 @@ for (const id of ['opt-max-dimension', 'color-text']) {
 return out;
 """
 
+SHOW_VIEWER_JS = "document.getElementById('try').scrollIntoView({block: 'start', behavior: 'instant'})"
 RESULT_SHOWN_JS = "return !document.getElementById('compare').hidden && document.getElementById('result-img').complete"
 
 
@@ -359,6 +360,7 @@ def test_desktop_result_slider_background_zoom_and_errors(base_url: str, browser
     full = browser.find_element(By.ID, "open-full")
     assert full.get_attribute("href") == browser.find_element(By.ID, "result-img").get_attribute("src")
     assert full.get_attribute("href").startswith("blob:") and full.get_attribute("target") == "_blank"
+    browser.execute_script(SHOW_VIEWER_JS)
     screenshot(browser, "browser-desktop-light.png")
     screenshot(browser, "browser-desktop-light-full.png", full_page=True)
 
@@ -500,6 +502,7 @@ def test_theme_and_contrast(base_url: str, browser: WebDriver, scheme: str):
     if scheme == "dark":
         wait = WebDriverWait(browser, 30, poll_frequency=0.1)
         cutout(browser, wait)
+        browser.execute_script(SHOW_VIEWER_JS)
         screenshot(browser, "browser-desktop-dark.png")
     set_theme(browser, "light")
     assert script_errors(browser) == []
