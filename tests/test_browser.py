@@ -112,7 +112,7 @@ const pairs = [
   ['footer', q('.site-footer'), q('.site-footer')],
 ];
 const out = pairs.map(([name, el, on]) => [name, getComputedStyle(el).color, bg(on)]);
-for (const id of ['opt-max-dimension', 'color-text']) {
+for (const id of ['opt-max-dimension', 'opt-api-key']) {
   const el = document.getElementById(id);
   out.push(['placeholder #' + id, getComputedStyle(el, '::placeholder').color, bg(el)]);
 }
