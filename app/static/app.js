@@ -1,5 +1,6 @@
 /* PixPort ISNet Tiny: the page at /. Vanilla JS, no dependencies.
- * Server data is only ever written with textContent / attributes, never innerHTML. */
+ * Server data is only ever written with textContent / attributes, never innerHTML.
+ * Sizes and the split are set through element.style (CSSOM), which the page's CSP allows; no style attributes. */
 (function () {
   "use strict";
 
@@ -9,6 +10,7 @@
   var STATUS_URL = body.dataset.statusUrl || "/api/bg/status";
   var STATUS_EVERY_MS = 5000;
   var REQUEST_TIMEOUT_MS = 120000;
+  var KEY_PLACEHOLDER = "$PIXPORT_API_KEY";
 
   function $(id) { return document.getElementById(id); }
 
@@ -16,6 +18,8 @@
   var fileInput = $("file");
   var dropzone = $("dropzone");
   var fileInfo = $("file-info");
+  var fileThumb = $("file-thumb");
+  var fileText = $("file-text");
   var dropzoneTitle = dropzone.querySelector(".dz-title");
   var chooseLink = dropzone.querySelector(".link-like");
   var colorRow = $("color-row");
@@ -26,31 +30,51 @@
   var submitLabel = submit.querySelector(".btn-label");
   var cancel = $("cancel");
   var busyText = $("busy-text");
-  var errorBox = $("error");
-  var errorTitle = $("error-title");
-  var errorBody = $("error-body");
-  var output = $("output");
-  var beforeImg = $("before-img");
-  var beforePlaceholder = $("before-placeholder");
-  var afterFrame = $("after-frame");
-  var resultImg = $("result-img");
-  var afterPlaceholder = $("after-placeholder");
-  var resultBar = $("result-bar");
-  var resultMeta = $("result-meta");
-  var download = $("download");
   var more = $("more-options");
+  var formatSelect = $("opt-format");
   var formatDefault = $("opt-format-default");
+  var maxDimension = $("opt-max-dimension");
   var cropBox = $("opt-crop");
   var cropMargin = $("opt-crop-margin");
+  var onlyMask = $("opt-only-mask");
+  var onlyMaskRow = $("only-mask-row");
   var bgImageRow = $("bg-image-row");
   var bgImage = $("opt-bg-image");
   var apiKey = $("opt-api-key");
+  var subRemove = $("op-sub-remove");
+  var subColor = $("op-sub-color");
+  var curlNow = $("curl-now");
 
-  var currentFile = null;
-  var beforeUrl = null;
-  var resultUrl = null;
+  var output = $("output");
+  var viewerTitle = $("viewer-title");
+  var viewerName = $("viewer-name");
+  var viewerTools = $("viewer-tools");
+  var bgSwitch = $("bg-switch");
+  var bgColor = $("result-bg-color");
+  var stageWrap = $("stage-wrap");
+  var stage = $("stage");
+  var canvas = $("canvas");
+  var beforeImg = $("before-img");
+  var afterLayer = $("after-layer");
+  var resultImg = $("result-img");
+  var divider = $("divider");
+  var tagBefore = $("tag-before");
+  var tagAfter = $("tag-after");
+  var placeholder = $("placeholder");
+  var compare = $("compare");
+  var split = $("split");
+  var compareNote = $("compare-note");
+  var resultBar = $("result-bar");
+  var resultMeta = $("result-meta");
+  var openFull = $("open-full");
+  var download = $("download");
+
+  var currentFile = null; // the file the next request sends
+  var pending = null;     // {url, width, height} preview of currentFile
+  var shown = null;       // the last good result: {beforeUrl, resultUrl, width, height, comparable, ...}
   var controller = null;
   var timer = null;
+  var zoom = 1;
 
   // ---------- helpers ----------
   function formatBytes(n) {
@@ -61,6 +85,10 @@
 
   function selectedOp() {
     return form.querySelector('input[name="op"]:checked');
+  }
+
+  function stemOf(name) {
+    return (name || "image").replace(/\.[^.]*$/, "") || "image";
   }
 
   /** The download name from Content-Disposition (RFC 6266: filename* wins over filename). */
@@ -77,27 +105,68 @@
     return fallback;
   }
 
-  function showError(title, message) {
-    errorBox.classList.remove("warn");
-    errorTitle.textContent = title;
-    errorBody.textContent = message || "";
-    errorBox.hidden = false;
+  // ---------- errors, each next to the control it is about ----------
+  // box: the role="alert" element beside the control; control: what gets aria-invalid and focus.
+  var FIELDS = {
+    file: { box: $("file-error"), control: fileInput, mark: dropzone },
+    color: { box: $("color-error"), control: colorText },
+    format: { box: $("format-error"), control: formatSelect },
+    max_dimension: { box: $("max-dimension-error"), control: maxDimension },
+    crop_margin: { box: $("crop-margin-error"), control: cropMargin },
+    bg_image: { box: $("bg-image-error"), control: bgImage },
+    api_key: { box: $("api-key-error"), control: apiKey },
+    submit: { box: $("submit-error"), control: null }
+  };
+
+  function clearErrors() {
+    Object.keys(FIELDS).forEach(function (key) {
+      var f = FIELDS[key];
+      f.box.hidden = true;
+      f.box.classList.remove("warn");
+      if (key === "submit") {
+        $("submit-error-title").textContent = "";
+        $("submit-error-body").textContent = "";
+      } else {
+        f.box.textContent = "";
+      }
+      if (f.control) f.control.removeAttribute("aria-invalid");
+      if (f.mark) f.mark.classList.remove("invalid");
+    });
+    colorText.removeAttribute("aria-invalid");
+    checkColorText();
   }
 
-  function showWarning(title, message) {
-    showError(title, message);
-    errorBox.classList.add("warn");
-  }
-
-  function clearError() {
-    errorBox.hidden = true;
-    errorTitle.textContent = "";
-    errorBody.textContent = "";
+  /** Show one error beside `key`'s control, open its section, bring it into view; focus the control if asked. */
+  function showError(key, title, message, options) {
+    var opts = options || {};
+    clearErrors();
+    var f = FIELDS[key] || FIELDS.submit;
+    if (f === FIELDS.submit) {
+      f.box.classList.toggle("warn", !!opts.warn);
+      $("submit-error-title").textContent = title;
+      $("submit-error-body").textContent = message || "";
+    } else {
+      var strong = document.createElement("strong");
+      strong.textContent = title + ". ";
+      f.box.appendChild(strong);
+      f.box.appendChild(document.createTextNode(message || ""));
+      f.box.classList.toggle("warn", !!opts.warn);
+      if (f.control) f.control.setAttribute("aria-invalid", "true");
+      if (f.mark) f.mark.classList.add("invalid");
+    }
+    var section = f.box.closest("details");
+    if (section) section.open = true;
+    f.box.hidden = false;
+    if (opts.focus && f.control && !f.control.disabled && f.control !== fileInput) {
+      f.control.focus({ preventScroll: true });
+    }
+    f.box.scrollIntoView({ block: "nearest" });
   }
 
   // ---------- colour ----------
   var HEX = /^#?([0-9a-f]{3}|[0-9a-f]{6}|[0-9a-f]{8})$/i;
   var NAMED = /^[a-z]+$/i;
+  var TRIPLE = /^\s*(\d{1,3})\s*,\s*(\d{1,3})\s*,\s*(\d{1,3})\s*$/;
   var probe = document.createElement("canvas").getContext("2d");
 
   /** "#rrggbb" for a CSS colour name the browser knows (the server uses the same CSS list), or null. */
@@ -108,7 +177,6 @@
     var value = String(probe.fillStyle);
     return /^#[0-9a-f]{6}$/i.test(value) ? value : null;
   }
-  var TRIPLE = /^\s*(\d{1,3})\s*,\s*(\d{1,3})\s*,\s*(\d{1,3})\s*$/;
 
   /** "#rrggbb" for a colour the API accepts, or null. Mirrors app/colors.py. */
   function parseColor(text) {
@@ -131,104 +199,204 @@
     return null;
   }
 
+  /** True for #RRGGBBAA with alpha below ff: the server then answers PNG, not JPEG. */
+  function translucent(text) {
+    var m = HEX.exec((text || "").trim());
+    return !!(m && m[1].length === 8 && m[1].slice(6).toLowerCase() !== "ff");
+  }
+
+  /** The colour field only goes out when it differs from the API's default, white. */
+  function colorToSend() {
+    var value = colorText.value.trim();
+    if (!value) return null;
+    if (parseColor(value) === "#ffffff" && !translucent(value)) return null;
+    return value;
+  }
+
   function checkColorText() {
     var hex = parseColor(colorText.value);
     if (hex) {
       colorPicker.value = hex;
-      colorText.removeAttribute("aria-invalid");
       colorHint.classList.remove("invalid");
     } else {
-      colorText.setAttribute("aria-invalid", "true");
       colorHint.classList.add("invalid");
     }
+    if (!hex) colorText.setAttribute("aria-invalid", "true");
+    else if (FIELDS.color.box.hidden) colorText.removeAttribute("aria-invalid");
   }
 
   colorPicker.addEventListener("input", function () {
     colorText.value = colorPicker.value.toUpperCase();
     checkColorText();
+    syncLabels();
   });
-  colorText.addEventListener("input", checkColorText);
+  colorText.addEventListener("input", function () {
+    checkColorText();
+    syncLabels();
+  });
 
-  // ---------- operation ----------
-  function syncOp() {
-    var op = selectedOp();
-    var isColor = op && op.value === "change_color";
-    colorRow.hidden = !isColor;
-    bgImageRow.hidden = !isColor;
-    bgImage.disabled = !isColor; // disabled controls are left out of the FormData
-    colorText.disabled = !isColor || hasBgImage();
-    colorPicker.disabled = colorText.disabled;
-    formatDefault.textContent = isColor ? "Default (JPEG, or PNG for a translucent colour)" : "Default (PNG)";
-    submitLabel.textContent = isColor ? "Change colour" : "Remove background";
-  }
-
+  // ---------- the request: only the fields each endpoint accepts, and only when set ----------
   function hasBgImage() {
     return !!(bgImage.files && bgImage.files.length);
   }
 
-  // The API takes a colour or a background image, not both.
+  function outputFormat(op) {
+    if (formatSelect.value) return formatSelect.value;
+    if (op === "remove" || onlyMaskOn(op)) return "png";
+    return hasBgImage() || !translucent(colorText.value) ? "jpeg" : "png";
+  }
+
+  function onlyMaskOn(op) {
+    return op === "remove" && onlyMask.checked;
+  }
+
+  /** [name, value] pairs for the form besides `file`; a File value stays a File. */
+  function requestFields(op) {
+    var fields = [];
+    if (op === "change_color") {
+      if (hasBgImage()) fields.push(["bg_image", bgImage.files[0]]);
+      else if (colorToSend() !== null) fields.push(["color", colorToSend()]);
+    }
+    if (formatSelect.value) fields.push(["format", formatSelect.value]);
+    if (onlyMaskOn(op)) fields.push(["only_mask", "true"]);
+    if (cropBox.checked) {
+      fields.push(["crop", "true"]);
+      if (cropMargin.value.trim()) fields.push(["crop_margin", cropMargin.value.trim()]);
+    }
+    if (maxDimension.value.trim()) fields.push(["max_dimension", maxDimension.value.trim()]);
+    return fields;
+  }
+
+  function expectedName(op, fileName) {
+    var fmt = outputFormat(op);
+    var ext = fmt === "jpeg" ? "jpg" : fmt;
+    var prefix = onlyMaskOn(op) ? "mask_" : op === "change_color" ? "colored_" : "nobg_";
+    return prefix + stemOf(fileName) + "." + ext;
+  }
+
+  function shellQuote(text) {
+    return /^[\w@%+=:,.\/#-]+$/.test(text) ? text : "'" + text.replace(/'/g, "'\\''") + "'";
+  }
+
+  function keyNeeded() {
+    return !!apiKey.dataset.required || !!apiKey.value.trim();
+  }
+
+  /** The same request as a curl command; the key is always the placeholder, never the typed value. */
+  function curlCommand() {
+    var op = selectedOp();
+    var name = currentFile ? currentFile.name : "photo.jpg";
+    var parts = ["curl"];
+    if (keyNeeded()) parts.push('-H "X-API-Key: ' + KEY_PLACEHOLDER + '"');
+    parts.push("-F " + shellQuote("file=@" + name));
+    requestFields(op.value).forEach(function (field) {
+      var value = field[1] instanceof File ? "@" + field[1].name : field[1];
+      parts.push("-F " + shellQuote(field[0] + "=" + value));
+    });
+    parts.push(window.location.origin + op.dataset.endpoint);
+    parts.push("-o " + shellQuote(expectedName(op.value, name)));
+    return parts.join(" ");
+  }
+
+  // ---------- labels follow the options ----------
+  var FORMAT_NAMES = { png: "PNG", webp: "WebP", jpeg: "JPEG" };
+
+  function syncLabels() {
+    var op = selectedOp().value;
+    var isColor = op === "change_color";
+    colorRow.hidden = !isColor;
+    bgImageRow.hidden = !isColor;
+    bgImage.disabled = !isColor;
+    onlyMaskRow.hidden = isColor; // /change_color does not take only_mask
+    colorText.disabled = !isColor || hasBgImage();
+    colorPicker.disabled = colorText.disabled;
+    cropMargin.disabled = !cropBox.checked;
+
+    var removeFmt = FORMAT_NAMES[outputFormat("remove")];
+    if (onlyMask.checked) subRemove.textContent = "Mask only, " + removeFmt;
+    else if (outputFormat("remove") === "jpeg") subRemove.textContent = "On white, JPEG (no transparency)";
+    else subRemove.textContent = "Transparent " + removeFmt;
+    subColor.textContent = (hasBgImage() ? "Your background image, " : "Solid colour, ") + FORMAT_NAMES[outputFormat("change_color")];
+
+    formatDefault.textContent = isColor
+      ? "Default (JPEG; PNG for a translucent colour)"
+      : "Default (PNG)";
+    submitLabel.textContent = isColor ? "Change background" : onlyMaskOn(op) ? "Get the mask" : "Remove background";
+    curlNow.textContent = curlCommand();
+  }
+
   bgImage.addEventListener("change", function () {
-    syncOp();
     colorHint.textContent = hasBgImage()
       ? "The background image is used instead of a colour."
       : "#RRGGBB, #RGB, #RRGGBBAA, R,G,B (0-255 each) or a CSS name, e.g. #00FF00, 255,0,0 or teal";
+    syncLabels();
   });
-  cropBox.addEventListener("change", function () {
-    cropMargin.disabled = !cropBox.checked;
-  });
-
+  [cropBox, onlyMask, formatSelect].forEach(function (el) { el.addEventListener("change", syncLabels); });
+  [cropMargin, maxDimension, apiKey].forEach(function (el) { el.addEventListener("input", syncLabels); });
   form.querySelectorAll('input[name="op"]').forEach(function (radio) {
-    radio.addEventListener("change", syncOp);
+    radio.addEventListener("change", syncLabels);
   });
 
   // ---------- file ----------
   function setFile(file) {
-    clearError();
+    clearErrors();
     currentFile = null;
     submit.disabled = true;
     if (!file) {
       fileInfo.hidden = true;
       dropzone.classList.remove("has-file");
+      syncLabels();
       return;
     }
-    fileInfo.textContent = "";
+    fileText.textContent = "";
     var name = document.createElement("strong");
     name.textContent = file.name;
     var size = document.createElement("span");
     size.className = "size";
     size.textContent = " · " + formatBytes(file.size) + (file.type ? " · " + file.type : "");
-    fileInfo.appendChild(name);
-    fileInfo.appendChild(size);
+    fileText.appendChild(name);
+    fileText.appendChild(size);
     fileInfo.hidden = false;
+    fileThumb.hidden = true;
     dropzone.classList.add("has-file");
     dropzoneTitle.textContent = "Drop another image or ";
     dropzoneTitle.appendChild(chooseLink);
     chooseLink.textContent = "choose a different file";
 
     if (file.size === 0) {
-      showError("This file is empty", "Choose an image file with some content.");
+      showError("file", "This file is empty", "Choose an image file with some content.");
+      syncLabels();
       return;
     }
     if (file.size > MAX_BYTES) {
-      showError("The image is too large",
+      showError("file", "The image is too large",
         file.name + " is " + formatBytes(file.size) + "; the limit is " + MAX_MB + " MB. Send a smaller or more compressed image.");
+      syncLabels();
       return;
     }
     currentFile = file;
-    submit.disabled = false;
-
-    if (beforeUrl) URL.revokeObjectURL(beforeUrl);
-    beforeUrl = URL.createObjectURL(file);
-    beforeImg.src = beforeUrl;
-    beforeImg.alt = "Original: " + file.name;
-    beforeImg.hidden = false;
-    beforePlaceholder.hidden = true;
-    beforeImg.onerror = function () {
-      beforeImg.hidden = true;
-      beforePlaceholder.hidden = false;
-      beforePlaceholder.textContent = "No preview for this file in your browser";
+    submit.disabled = !!controller;
+    if (pending && (!shown || shown.beforeUrl !== pending.url)) URL.revokeObjectURL(pending.url);
+    var preview = { url: URL.createObjectURL(file), width: 0, height: 0, name: file.name };
+    pending = preview;
+    var probeImg = new Image();
+    probeImg.onload = function () {
+      preview.width = probeImg.naturalWidth;
+      preview.height = probeImg.naturalHeight;
+      if (pending === preview) {
+        fileThumb.src = preview.url;
+        fileThumb.hidden = false;
+        if (!shown) render();
+      }
     };
-    resetResult();
+    probeImg.onerror = function () {
+      if (pending === preview && !shown) {
+        render();
+        placeholder.textContent = "No preview for this file in your browser; the server may still read it";
+      }
+    };
+    probeImg.src = preview.url;
+    syncLabels();
   }
 
   fileInput.addEventListener("change", function () {
@@ -249,7 +417,7 @@
     event.preventDefault();
     dropzone.classList.remove("dragover");
     var files = event.dataTransfer && event.dataTransfer.files;
-    if (!files || !files.length) return;
+    if (!files || !files.length || controller) return; // the file in flight stays the one shown
     try { fileInput.files = files; } catch (e) { /* read-only in old browsers; currentFile is used anyway */ }
     setFile(files[0]);
   });
@@ -257,43 +425,224 @@
   window.addEventListener("dragover", function (event) { event.preventDefault(); });
   window.addEventListener("drop", function (event) { event.preventDefault(); });
 
-  // ---------- result ----------
-  function resetResult() {
-    if (resultUrl) URL.revokeObjectURL(resultUrl);
-    resultUrl = null;
-    resultImg.hidden = true;
-    resultImg.removeAttribute("src");
-    resultImg.alt = "";
-    afterPlaceholder.hidden = false;
-    afterPlaceholder.textContent = "The result appears here";
-    resultBar.hidden = true;
-    afterFrame.classList.add("checkerboard");
+  // ---------- the viewer ----------
+  /** The picture's size on screen at "fit": as wide as the column, at most ~70 % of the window high. */
+  function fitSize(width, height) {
+    var available = output.clientWidth - stageBorder();
+    var maxHeight = Math.max(220, window.innerHeight * 0.7);
+    var w = Math.min(available, maxHeight * width / height);
+    return { width: Math.max(1, Math.floor(w)), height: Math.max(1, Math.round(w * height / width)) };
   }
 
-  function showResult(blob, filename, seconds, op, colour) {
-    resultUrl = URL.createObjectURL(blob);
-    resultImg.onload = function () {
-      resultImg.hidden = false;
-      afterPlaceholder.hidden = true;
-    };
-    resultImg.onerror = function () {
-      showError("The result could not be displayed", "The server answered with " + (blob.type || "unknown data") + ". Use the download link to inspect it.");
-    };
-    // Transparency only matters for formats that carry alpha; a JPEG sits on a plain frame.
-    afterFrame.classList.toggle("checkerboard", !/jpe?g/i.test(blob.type));
-    resultImg.src = resultUrl;
-    resultImg.alt = /^mask_/.test(filename)
-      ? "Mask of " + currentFile.name + ": white is the subject, black the background"
-      : op === "change_color"
-        ? currentFile.name + " with the background replaced by " + colour
-        : currentFile.name + " with the background removed";
-    resultImg.dataset.filename = filename;
-    download.href = resultUrl;
-    download.setAttribute("download", filename);
-    download.textContent = "Download " + filename;
-    resultMeta.textContent = formatBytes(blob.size) + " · " + (blob.type || "unknown type") + " · " + seconds.toFixed(1) + " s";
-    resultBar.hidden = false;
+  function stageBorder() {
+    var style = getComputedStyle(stage);
+    return (parseFloat(style.borderLeftWidth) || 0) + (parseFloat(style.borderRightWidth) || 0);
   }
+
+  function layout() {
+    var source = shown ? shown : (pending && pending.width ? pending : null);
+    if (!source) {
+      stage.classList.remove("sized", "zoomed");
+      stageWrap.style.width = "";
+      stage.style.height = "";
+      canvas.style.width = "";
+      canvas.style.height = "";
+      return;
+    }
+    var fit = fitSize(source.width, source.height);
+    var level = shown ? zoom : 1;
+    var before = { x: 0.5, y: 0.5 };
+    if (stage.scrollWidth > stage.clientWidth || stage.scrollHeight > stage.clientHeight) {
+      before.x = (stage.scrollLeft + stage.clientWidth / 2) / stage.scrollWidth;
+      before.y = (stage.scrollTop + stage.clientHeight / 2) / stage.scrollHeight;
+    }
+    stage.classList.add("sized");
+    stage.classList.toggle("zoomed", level > 1);
+    var border = stageBorder();
+    stageWrap.style.width = (fit.width + border) + "px";
+    stage.style.height = (fit.height + border) + "px";
+    canvas.style.width = fit.width * level + "px";
+    canvas.style.height = fit.height * level + "px";
+    stage.scrollLeft = before.x * stage.scrollWidth - stage.clientWidth / 2;
+    stage.scrollTop = before.y * stage.scrollHeight - stage.clientHeight / 2;
+  }
+
+  function setSplit(value) {
+    var v = Math.max(0, Math.min(100, Math.round(value)));
+    split.value = String(v);
+    split.setAttribute("aria-valuetext", v + " % before, " + (100 - v) + " % after");
+    canvas.style.setProperty("--split", v + "%");
+  }
+
+  /** Draw the viewer from `shown` (the last good result) or, before any result, the chosen file. */
+  function render() {
+    var comparing = !!(shown && shown.comparable);
+    placeholder.hidden = !!(shown || (pending && pending.width));
+    if (!shown && !pending) placeholder.textContent = "Your image appears here";
+    canvas.hidden = placeholder.hidden === false;
+    afterLayer.hidden = !shown;
+    viewerTools.hidden = !shown;
+    resultBar.hidden = !shown;
+    compare.hidden = !comparing;
+    divider.hidden = !comparing;
+    tagBefore.hidden = !comparing;
+    tagAfter.hidden = !shown;
+    stage.classList.toggle("comparing", comparing);
+    compareNote.hidden = !(shown && !shown.comparable);
+
+    if (shown) {
+      beforeImg.hidden = !comparing;
+      if (comparing) {
+        beforeImg.src = shown.beforeUrl;
+        beforeImg.alt = "Original: " + shown.sourceName;
+      }
+      resultImg.src = shown.resultUrl;
+      resultImg.alt = shown.alt;
+      resultImg.dataset.filename = shown.filename;
+      tagAfter.textContent = shown.mask ? "Mask" : "After";
+      bgSwitch.hidden = !shown.alpha;
+      viewerTitle.textContent = "Result";
+      viewerName.textContent = shown.filename;
+      compareNote.textContent = "The result is cropped, so it is shown alone; the before/after slider needs the same framing.";
+      download.href = shown.resultUrl;
+      download.setAttribute("download", shown.filename);
+      download.textContent = "Download " + shown.filename;
+      openFull.href = shown.resultUrl;
+      resultMeta.textContent = shown.width + "×" + shown.height + " px · " + formatBytes(shown.size) + " · " +
+        (shown.type || "unknown type") + " · " + shown.seconds.toFixed(1) + " s";
+    } else if (pending && pending.width) {
+      beforeImg.hidden = false;
+      beforeImg.src = pending.url;
+      beforeImg.alt = "Original: " + pending.name;
+      viewerTitle.textContent = "Preview";
+      viewerName.textContent = pending.name;
+    } else {
+      beforeImg.hidden = true;
+      viewerTitle.textContent = "Preview";
+      viewerName.textContent = "";
+    }
+    layout();
+  }
+
+  /** A new result replaces the old one only once it has loaded: a failure never wipes a good result. */
+  function acceptResult(blob, filename, seconds, op, colour, source, file) {
+    var url = URL.createObjectURL(blob);
+    var img = new Image();
+    img.onload = function () {
+      var mask = /^mask_/.test(filename);
+      var comparable = !!source.width &&
+        Math.abs(img.naturalWidth / img.naturalHeight - source.width / source.height) < 0.02 * source.width / source.height;
+      if (shown) {
+        URL.revokeObjectURL(shown.resultUrl);
+        if (shown.beforeUrl !== source.url && shown.beforeUrl !== (pending && pending.url)) URL.revokeObjectURL(shown.beforeUrl);
+      }
+      shown = {
+        beforeUrl: source.url,
+        resultUrl: url,
+        width: img.naturalWidth,
+        height: img.naturalHeight,
+        comparable: comparable,
+        sourceName: file.name,
+        filename: filename,
+        size: blob.size,
+        type: blob.type,
+        seconds: seconds,
+        mask: mask,
+        alpha: !mask && !/jpe?g/i.test(blob.type),
+        alt: mask
+          ? "Mask of " + file.name + ": white is the subject, black the background"
+          : op === "change_color"
+            ? file.name + " with the background replaced by " + colour
+            : file.name + " with the background removed"
+      };
+      zoom = 1; // a new picture starts whole
+      form.querySelector('input[name="zoom"][value="1"]').checked = true;
+      render();
+      busyText.textContent = "Done: " + filename + ", " + formatBytes(blob.size) + ".";
+      // Bring the whole new result into view (on a phone the viewer sits under the form).
+      var box = stageWrap.getBoundingClientRect();
+      if (box.bottom > window.innerHeight || box.top < 0) output.scrollIntoView({ block: "start" });
+    };
+    img.onerror = function () {
+      URL.revokeObjectURL(url);
+      showError("submit", "The result could not be displayed",
+        "The server answered with " + (blob.type || "unknown data") + ", which this browser cannot show.");
+    };
+    img.src = url;
+  }
+
+  split.addEventListener("input", function () { setSplit(Number(split.value)); });
+
+  form.querySelectorAll('input[name="result-bg"]').forEach(function (radio) {
+    radio.addEventListener("change", function () {
+      afterLayer.classList.remove("bg-checker", "bg-white", "bg-black", "bg-custom");
+      afterLayer.classList.add("bg-" + radio.value);
+    });
+  });
+  bgColor.addEventListener("input", function () {
+    afterLayer.style.setProperty("--custom-bg", bgColor.value);
+    var custom = form.querySelector('input[name="result-bg"][value="custom"]');
+    if (!custom.checked) {
+      custom.checked = true;
+      custom.dispatchEvent(new Event("change"));
+    }
+  });
+  afterLayer.style.setProperty("--custom-bg", bgColor.value);
+
+  form.querySelectorAll('input[name="zoom"]').forEach(function (radio) {
+    radio.addEventListener("change", function () {
+      zoom = Number(radio.value) || 1;
+      layout();
+    });
+  });
+
+  // Pointer on the picture: at "fit" it moves the split; zoomed in, a mouse drag pans (touch scrolls natively).
+  var drag = null;
+  stage.addEventListener("pointerdown", function (event) {
+    if (!shown || event.button !== 0) return;
+    if (zoom > 1) {
+      if (event.pointerType !== "mouse") return;
+      drag = { pan: true, x: event.clientX, y: event.clientY, left: stage.scrollLeft, top: stage.scrollTop };
+      stage.classList.add("panning");
+    } else if (shown.comparable) {
+      drag = { pan: false };
+      moveSplitTo(event.clientX);
+    } else {
+      return;
+    }
+    stage.setPointerCapture(event.pointerId);
+    event.preventDefault();
+  });
+  stage.addEventListener("pointermove", function (event) {
+    if (!drag) return;
+    if (drag.pan) {
+      stage.scrollLeft = drag.left - (event.clientX - drag.x);
+      stage.scrollTop = drag.top - (event.clientY - drag.y);
+    } else {
+      moveSplitTo(event.clientX);
+    }
+  });
+  ["pointerup", "pointercancel"].forEach(function (type) {
+    stage.addEventListener(type, function () {
+      drag = null;
+      stage.classList.remove("panning");
+    });
+  });
+
+  function moveSplitTo(clientX) {
+    var box = canvas.getBoundingClientRect();
+    if (box.width > 0) setSplit((clientX - box.left) / box.width * 100);
+  }
+
+  var lastWidth = 0;
+  function onResize() {
+    if (output.clientWidth !== lastWidth) {
+      lastWidth = output.clientWidth;
+      layout();
+    }
+  }
+  if (window.ResizeObserver) new ResizeObserver(onResize).observe(output);
+  window.addEventListener("resize", function () { lastWidth = 0; onResize(); });
 
   // ---------- errors from the API ----------
   var TITLES = {
@@ -308,6 +657,25 @@
     503: "The service is busy"
   };
 
+  /** Which control a failed request is about, from its status and the API's message. */
+  function fieldFor(status, message) {
+    if (status === 401 || status === 403) return "api_key";
+    if (status === 413 || status === 415 || status === 422) return /bg_image|background image/i.test(message) ? "bg_image" : "file";
+    if (status !== 400) return "submit";
+    var rules = [
+      [/crop_margin/i, "crop_margin"],
+      [/max_dimension/i, "max_dimension"],
+      [/bg_image/i, hasBgImage() ? "bg_image" : "color"],
+      [/colou?r|alpha/i, "color"],
+      [/\bformat\b/i, "format"],
+      [/'file'|\bfile\b/i, "file"]
+    ];
+    for (var i = 0; i < rules.length; i++) {
+      if (rules[i][0].test(message)) return rules[i][1];
+    }
+    return "submit";
+  }
+
   function describeFailure(response, text) {
     var message = null;
     try {
@@ -321,13 +689,16 @@
     }
     var title = TITLES[response.status] || "Request failed (HTTP " + response.status + ")";
     var retry = response.headers.get("Retry-After");
+    var warn = false;
     if (response.status === 503 || retry) {
       var seconds = parseInt(retry, 10);
       if (!isNaN(seconds)) message += " Try again in " + seconds + " second" + (seconds === 1 ? "" : "s") + ".";
       else message += " Try again in a moment.";
-      return { title: title, message: message, warn: true };
+      warn = true;
     }
-    return { title: title, message: message, warn: false };
+    if (!/[.!?]$/.test(message.trim())) message = message.trim() + ".";
+    if (shown) message += " The last result is still shown.";
+    return { field: fieldFor(response.status, message), title: title, message: message, warn: warn };
   }
 
   // ---------- submit ----------
@@ -336,7 +707,7 @@
     submit.disabled = busy || !currentFile;
     cancel.hidden = !busy;
     output.setAttribute("aria-busy", busy ? "true" : "false");
-    afterFrame.classList.toggle("loading", busy);
+    stageWrap.classList.toggle("loading", busy);
     fileInput.disabled = busy;
     if (busy) {
       var started = performance.now();
@@ -347,29 +718,28 @@
     } else {
       clearInterval(timer);
       timer = null;
-      busyText.textContent = "";
+      if (/^(Uploading|Working)/.test(busyText.textContent)) busyText.textContent = "";
     }
   }
 
   form.addEventListener("submit", function (event) {
     event.preventDefault();
     if (!currentFile || controller) return;
-    clearError();
+    clearErrors();
     var op = selectedOp();
-    var data = new FormData(form);
-    data.delete("op");
-    data.set("file", currentFile, currentFile.name);
-    // An empty optional file input would arrive as a file without a name: leave it out.
-    Array.from(data.keys()).forEach(function (key) {
-      var value = data.get(key);
-      if (key !== "file" && value instanceof File && !value.name && !value.size) data.delete(key);
+    var data = new FormData();
+    data.append("file", currentFile, currentFile.name);
+    requestFields(op.value).forEach(function (field) {
+      if (field[1] instanceof File) data.append(field[0], field[1], field[1].name);
+      else data.append(field[0], field[1]);
     });
     var headers = {};
     if (apiKey.value.trim()) headers["X-API-Key"] = apiKey.value.trim();
     var colour = hasBgImage() ? "the chosen background image" : (colorText.value.trim() || "#FFFFFF");
+    var fallback = expectedName(op.value, currentFile.name);
+    var source = pending;
+    var file = currentFile;
 
-    resetResult();
-    afterPlaceholder.textContent = op.value === "change_color" ? "Replacing the background…" : "Removing the background…";
     controller = new AbortController();
     var timedOut = false;
     var deadline = setTimeout(function () { timedOut = true; controller.abort(); }, REQUEST_TIMEOUT_MS);
@@ -381,29 +751,22 @@
         if (!response.ok) {
           return response.text().then(function (text) {
             var failure = describeFailure(response, text);
-            (failure.warn ? showWarning : showError)(failure.title, failure.message);
-            afterPlaceholder.textContent = "No result";
-            if (response.status === 401) {
-              more.open = true;
-              apiKey.focus();
-            }
+            showError(failure.field, failure.title, failure.message, { warn: failure.warn, focus: true });
           });
         }
-        var fallback = (op.value === "change_color" ? "colored_" : "nobg_") + currentFile.name.replace(/\.[^.]*$/, "") +
-          "." + ((response.headers.get("Content-Type") || "").split("/")[1] || "png").replace("jpeg", "jpg").split(";")[0];
         var filename = filenameFrom(response.headers.get("Content-Disposition"), fallback);
         return response.blob().then(function (blob) {
-          showResult(blob, filename, (performance.now() - started) / 1000, op.value, colour);
+          acceptResult(blob, filename, (performance.now() - started) / 1000, op.value, colour, source, file);
           refreshStatus();
         });
       })
       .catch(function (error) {
-        afterPlaceholder.textContent = "No result";
+        var kept = shown ? " The last result is still shown." : "";
         if (error && error.name === "AbortError") {
-          if (timedOut) showError("The request timed out", "No answer after " + REQUEST_TIMEOUT_MS / 1000 + " s. The service may be overloaded; try again later.");
-          else showWarning("Cancelled", "The request was cancelled.");
+          if (timedOut) showError("submit", "The request timed out", "No answer after " + REQUEST_TIMEOUT_MS / 1000 + " s. The service may be overloaded; try again later." + kept);
+          else showError("submit", "Cancelled", "The request was cancelled." + kept, { warn: true });
         } else {
-          showError("Could not reach the server", "Check your connection and that the service is running, then try again.");
+          showError("submit", "Could not reach the server", "Check your connection and that the service is running, then try again." + kept);
         }
       })
       .then(function () {
@@ -535,19 +898,11 @@
     selection.addRange(range);
   }
 
-  // Reveal the OpenAPI link only when the service publishes one.
-  var openapi = $("openapi-link");
-  if (openapi) {
-    fetch(openapi.getAttribute("href"), { method: "GET", cache: "no-store" })
-      .then(function (r) { if (r.ok) openapi.hidden = false; })
-      .catch(function () { /* not available: keep hidden */ });
-  }
-
   // ---------- start ----------
   if (apiKey.dataset.required) more.open = true;
-  cropMargin.disabled = !cropBox.checked;
-  syncOp();
   checkColorText();
+  syncLabels();
+  setSplit(Number(split.value));
   if (fileInput.files && fileInput.files[0]) setFile(fileInput.files[0]);
   refreshStatus();
   scheduleStatus();
