@@ -1,7 +1,13 @@
 """CORS_ORIGINS: no CORS headers unless set; listed origins (or *) get them, preflights included, without the key."""
 from __future__ import annotations
 
+import base64
+import shutil
+import threading
+
 import pytest
+from werkzeug.serving import make_server
+from werkzeug.wrappers import Response
 
 from app.config import Config, ConfigError
 from tests.conftest import image_bytes, photo, upload
@@ -96,3 +102,63 @@ def test_config_parses_origins(tmp_path):
 def test_config_rejects_non_origins(tmp_path, value):
     with pytest.raises(ConfigError, match="CORS_ORIGINS"):
         Config.from_env({"MODEL_DIR": str(tmp_path), "CORS_ORIGINS": value})
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+# Runs in a page of another origin: a POST with the API key header (so the browser must preflight), then
+# reads the exposed headers and the image.
+CROSS_ORIGIN_FETCH = """
+const [url, b64, done] = arguments;
+const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+const form = new FormData();
+form.append('file', new Blob([bytes], {type: 'image/png'}), 'p.png');
+fetch(url, {method: 'POST', body: form, headers: {'X-API-Key': 'secret', 'X-Request-ID': 'browser-1'}})
+  .then(async r => done({status: r.status, type: r.headers.get('content-type'),
+                          disposition: r.headers.get('content-disposition'), id: r.headers.get('x-request-id'),
+                          size: (await r.arrayBuffer()).byteLength}))
+  .catch(e => done({error: String(e)}));
+"""
+
+
+def _serve(app) -> tuple[object, threading.Thread, str]:
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    return server, thread, f"http://127.0.0.1:{server.server_port}"
+
+
+@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="chromium and chromedriver are not installed")
+def test_a_browser_on_another_origin_can_call_the_api(make_app, tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    page = Response("<!doctype html><title>other site</title>", mimetype="text/html")
+    other, other_thread, other_url = _serve(lambda environ, start: page(environ, start))
+    # Two runs of the same check: the listed origin succeeds, an unlisted one is blocked by the browser.
+    results = {}
+    for allowed in (other_url, "https://not-this.example"):
+        api, api_thread, api_url = _serve(make_app(CORS_ORIGINS=allowed, API_KEY="secret"))
+        options = webdriver.ChromeOptions()
+        options.binary_location = CHROMIUM
+        for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     f"--user-data-dir={tmp_path / ('profile-' + str(len(results)))}"):
+            options.add_argument(flag)
+        driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+        try:
+            driver.set_script_timeout(60)
+            driver.get(other_url + "/")
+            photo_b64 = base64.b64encode(image_bytes(photo(), "PNG")).decode()
+            results[allowed] = driver.execute_async_script(CROSS_ORIGIN_FETCH, api_url + "/api/bg/remove", photo_b64)
+        finally:
+            driver.quit()
+            api.shutdown()
+            api_thread.join(timeout=10)
+    other.shutdown()
+    other_thread.join(timeout=10)
+    ok = results[other_url]
+    assert ok.get("status") == 200, ok
+    assert ok["type"] == "image/png" and ok["size"] > 100
+    assert ok["disposition"].startswith("attachment") and ok["id"] == "browser-1"
+    assert "error" in results["https://not-this.example"]  # TypeError: Failed to fetch
