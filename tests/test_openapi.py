@@ -11,7 +11,7 @@ from openapi_spec_validator import validate
 
 from app import create_app
 from app.services.isnet_tiny_service import IsnetTinyService
-from tests.conftest import image_bytes, photo
+from tests.conftest import image_bytes, photo, tiny_onnx
 
 
 def routes(app: Flask) -> set[tuple[str, str]]:
@@ -131,10 +131,12 @@ def test_swagger_ui_style_submission_is_accepted(fuzz_app, path):
 
 @pytest.fixture(scope="module")
 def fuzz_app(tmp_path_factory: pytest.TempPathFactory) -> Flask:
+    """The app on a 32 px model: schemathesis sends many valid 1x1 PNGs, and this is about the contract, not masks."""
     home = tmp_path_factory.mktemp("schemathesis")
     IsnetTinyService._instance = None
     return create_app({"FLASK_ENV": "testing", "MODEL_DIR": str(home / "m"), "UPLOAD_FOLDER": str(home / "u"),
-                       "PROCESSED_FOLDER": str(home / "p"), "METRICS": "1"})
+                       "PROCESSED_FOLDER": str(home / "p"), "METRICS": "1",
+                       "MODEL_PATH": str(tiny_onnx(home / "tiny.onnx"))})
 
 
 schema = schemathesis.pytest.from_fixture("fuzz_schema")
