@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import click
 from flask import Flask, current_app
@@ -84,6 +85,17 @@ def collect_inputs(inputs: tuple[Path, ...], skip: Path | None = None) -> list[J
     return jobs
 
 
+T = TypeVar("T")
+
+
+def _flag(flag: str, parse: Callable[[str | None], T], text: str | None) -> T:
+    """Parse a flag with the HTTP form's parser, so both give the same message; a bad value is a usage error."""
+    try:
+        return parse(text)
+    except ApiError as exc:
+        raise click.BadParameter(exc.message, param_hint=flag) from None
+
+
 def _batch_options(fmt: str | None, only_mask: bool, crop: bool, crop_margin: str | None, color: str | None,
                    bg_image: Path | None) -> pipeline.Options:
     """The same rules as the HTTP form: each bad or misplaced option is a usage error naming the flag."""
@@ -93,18 +105,12 @@ def _batch_options(fmt: str | None, only_mask: bool, crop: bool, crop_margin: st
         raise click.UsageError("use either --color or --bg-image, not both")
     if only_mask and (color is not None or bg_image is not None):
         raise click.UsageError("--only-mask writes the mask alone; it does not combine with --color or --bg-image")
-    values = {"--format": lambda: pipeline.parse_format(fmt), "--crop-margin": lambda: pipeline.parse_margin(crop_margin),
-              "--color": lambda: pipeline.parse_color(color)}
-    parsed = {}
-    for flag, parse in values.items():
-        try:
-            parsed[flag] = parse()
-        except ApiError as exc:
-            raise click.BadParameter(exc.message, param_hint=flag) from None
-    if parsed["--color"] is not None and parsed["--color"][3] < 255 and parsed["--format"] == "jpeg":
+    output_format = _flag("--format", pipeline.parse_format, fmt)
+    rgba = _flag("--color", pipeline.parse_color, color)
+    if rgba is not None and rgba[3] < 255 and output_format == "jpeg":
         raise click.UsageError("a colour with alpha below 255 needs --format png or webp; JPEG has no transparency")
-    return pipeline.Options(fmt=parsed["--format"], only_mask=only_mask, crop=crop,
-                            crop_margin=parsed["--crop-margin"], color=parsed["--color"])
+    return pipeline.Options(fmt=output_format, only_mask=only_mask, crop=crop,
+                            crop_margin=_flag("--crop-margin", pipeline.parse_margin, crop_margin), color=rgba)
 
 
 def register_batch(app: Flask) -> None:

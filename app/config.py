@@ -73,7 +73,8 @@ def _origins(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     origins = tuple(part.strip().rstrip("/") for part in raw.split(",") if part.strip())
     for origin in origins:
         if not _ORIGIN.fullmatch(origin):
-            raise ConfigError(f"{name}: {origin!r} is not an origin like https://app.example.com or http://localhost:3000")
+            raise ConfigError(f"{name}: {origin!r} is not an origin like https://app.example.com "
+                              "or http://localhost:3000")
     return origins
 
 
