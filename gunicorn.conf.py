@@ -20,6 +20,12 @@ keepalive = 5
 max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "0"))
 max_requests_jitter = 50
 accesslog = "-"
+# One line per request, key=value: the X-Request-ID the app set on the response (echoed or generated),
+# method, path as sent (still percent-encoded, so it cannot break the line), status, response bytes, time in ms.
+access_log_format = (
+    "request_id=%({x-request-id}o)s remote=%(h)s method=%(m)s path=%({raw_uri}e)s status=%(s)s "
+    "bytes=%(b)s duration_ms=%(M)s"
+)
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info")
 # gunicorn 25.1+ opens a control socket (for `gunicornc`) under $XDG_RUNTIME_DIR or $HOME; in the image

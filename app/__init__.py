@@ -1,11 +1,14 @@
-"""Application factory: configuration, blueprint, page, JSON errors, security headers, CLI commands."""
+"""Application factory: configuration, blueprint, page, JSON errors, request IDs, CORS, security headers, CLI."""
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
+import time
+import uuid
 from typing import IO, Any, Mapping
 
-from flask import Flask, Request, current_app, jsonify, render_template, request
+from flask import Flask, Request, current_app, g, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from app.config import ALLOWED_EXTENSIONS, Config
@@ -18,6 +21,11 @@ CONTENT_SECURITY_POLICY = (
     "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
     "connect-src 'self'; frame-ancestors 'none'"
 )
+REQUEST_ID_HEADER = "X-Request-ID"
+# An incoming ID is echoed only when it is short and plain, so it cannot forge log lines or bloat them.
+SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+CORS_ALLOW_HEADERS = ["Authorization", "X-API-Key", "Content-Type", REQUEST_ID_HEADER]
+CORS_EXPOSE_HEADERS = ["Content-Disposition", REQUEST_ID_HEADER, "Retry-After"]
 
 
 class SpoolingRequest(Request):
@@ -36,8 +44,16 @@ class SpoolingRequest(Request):
         return tempfile.TemporaryFile("wb+", dir=folder)  # type: ignore[return-value]
 
 
+def request_id() -> str:
+    """This request's ID: the client's X-Request-ID when it is sane, else a new one (set once per request)."""
+    if "request_id" not in g:
+        incoming = request.headers.get(REQUEST_ID_HEADER, "")
+        g.request_id = incoming if SANE_REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+    return g.request_id
+
+
 def _error_response(message: str, status: int, retry_after: int | None = None) -> Any:
-    response = jsonify({"error": message})
+    response = jsonify({"error": message, "request_id": request_id()})
     response.status_code = status
     if retry_after is not None:
         response.headers["Retry-After"] = str(retry_after)
@@ -50,7 +66,8 @@ def _register_errors(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def api_error(exc: ApiError) -> Any:
         if exc.status >= 500:
-            log.warning("%s %s -> %d: %s", request.method, request.path, exc.status, exc.message)
+            log.warning("%s %s -> %d: %s [request %s]", request.method, request.path, exc.status, exc.message,
+                        request_id())
         return _error_response(exc.message, exc.status, exc.retry_after)
 
     @app.errorhandler(RequestEntityTooLarge)
@@ -68,13 +85,45 @@ def _register_errors(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Any:
-        log.exception("unhandled error on %s %s", request.method, request.path)
+        log.exception("unhandled error on %s %s [request %s]", request.method, request.path, request_id())
         return _error_response("internal error; the request was not processed", 500)
+
+
+def _register_request_hooks(app: Flask, config: Config) -> None:
+    """Request IDs and timing first; preflights answered before the API key check; CORS when configured."""
+
+    @app.before_request
+    def begin() -> None:
+        g.started = time.perf_counter()
+        request_id()
+
+    @app.before_request
+    def preflight() -> Any:
+        # A browser's preflight never carries credentials, so it must not meet the API key check.
+        if request.method == "OPTIONS" and request.routing_exception is None:
+            return app.make_default_options_response()
+        return None
+
+    @app.after_request
+    def tag(response: Any) -> Any:
+        response.headers[REQUEST_ID_HEADER] = request_id()
+        return response
+
+    if config.cors_origins:
+        from flask_cors import CORS
+
+        wildcard = config.cors_origins == ("*",)
+        # flask-cors reads a string with regex characters as a pattern; an IPv6 origin's brackets are literal.
+        origins = [re.compile(re.escape(o) + r"\Z", re.IGNORECASE) if "[" in o else o for o in config.cors_origins]
+        CORS(app, origins="*" if wildcard else origins, send_wildcard=wildcard,
+             always_send=False, methods=["GET", "POST", "OPTIONS"], allow_headers=CORS_ALLOW_HEADERS,
+             expose_headers=CORS_EXPOSE_HEADERS, max_age=600)
 
 
 def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
     """Build the app. `config` is a Config, an environment-like mapping (tests), or None for os.environ."""
     from app.api.bg_removal_api import bp
+    from app.api.docs import docs_bp
     from app.cli import register_cli
     from app.services.isnet_tiny_service import IsnetTinyService, tune_malloc
 
@@ -97,7 +146,9 @@ def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
     app.extensions["isnet_tiny"] = service
     if config.preload_model:
         service.preload()  # in the background: the server starts listening at once, health says 503 until ready
+    _register_request_hooks(app, config)
     app.register_blueprint(bp)
+    app.register_blueprint(docs_bp)
     if config.metrics:
         from app.metrics import install_metrics  # prometheus_client only when metrics are on
 

@@ -1,7 +1,9 @@
-"""Flask CLI commands: `prepare-model NAME [--source FILE]` and the batch `remove INPUT... --out DIR`."""
+"""Flask CLI commands: `prepare-model NAME [--source FILE]` and the batch `remove INPUT... --out DIR [options]`."""
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import click
 from flask import Flask, current_app
@@ -38,68 +40,128 @@ def register_cli(app: Flask) -> None:
         click.echo(f"{name}: {found.path} ({found.path.stat().st_size / 1e6:.1f} MB, sha256 {digest}, {found.source})")
 
 
-def collect_inputs(inputs: tuple[Path, ...]) -> list[Path]:
-    """Files as given, and the accepted images inside folders (recursively, sorted)."""
-    found: list[Path] = []
+@dataclass(frozen=True)
+class Job:
+    """One input image and where its result goes: `folder` (relative to --out) and the result's stem."""
+
+    path: Path
+    folder: Path
+    stem: str
+
+
+def collect_inputs(inputs: tuple[Path, ...], skip: Path | None = None) -> list[Job]:
+    """Files as given (their results go straight under --out) and the accepted images inside folders,
+    recursively and sorted, keeping their sub-folders. `skip` (the output folder) is never read from.
+
+    Two inputs whose results would land on the same name (x.png and x.jpg side by side) get their
+    extension added to the stem (x_png, x_jpg); any clash left after that is a usage error.
+    """
+    found: list[tuple[Path, Path]] = []
+    skip = skip.resolve() if skip is not None else None
     for item in inputs:
         if item.is_dir():
-            found += sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower().lstrip(".") in ALLOWED_EXTENSIONS)
+            for path in sorted(item.rglob("*")):
+                if not path.is_file() or path.suffix.lower().lstrip(".") not in ALLOWED_EXTENSIONS:
+                    continue
+                if skip is not None and path.resolve().is_relative_to(skip):
+                    continue
+                found.append((path, path.parent.relative_to(item)))
         else:
-            found.append(item)
-    return found
+            found.append((item, Path()))
+    by_target: dict[tuple[Path, str], list[Path]] = {}
+    for path, folder in found:
+        by_target.setdefault((folder, path.stem or "image"), []).append(path)
+    jobs: list[Job] = []
+    taken: dict[tuple[Path, str], Path] = {}
+    for path, folder in found:
+        stem = path.stem or "image"
+        if len(by_target[(folder, stem)]) > 1:
+            stem = f"{stem}_{path.suffix.lstrip('.').lower()}" if path.suffix else stem
+        if (folder, stem) in taken:
+            raise click.UsageError(f"{taken[(folder, stem)]} and {path} would both be written to "
+                                   f"{folder / stem}; process them separately or give different --out folders")
+        taken[(folder, stem)] = path
+        jobs.append(Job(path, folder, stem))
+    return jobs
 
 
-def _unique(path: Path, taken: set[Path]) -> Path:
-    candidate, counter = path, 1
-    while candidate in taken:
-        candidate = path.with_name(f"{path.stem}_{counter}{path.suffix}")
-        counter += 1
-    taken.add(candidate)
-    return candidate
+T = TypeVar("T")
+
+
+def _flag(flag: str, parse: Callable[[str | None], T], text: str | None) -> T:
+    """Parse a flag with the HTTP form's parser, so both give the same message; a bad value is a usage error."""
+    try:
+        return parse(text)
+    except ApiError as exc:
+        raise click.BadParameter(exc.message, param_hint=flag) from None
+
+
+def _batch_options(fmt: str | None, only_mask: bool, crop: bool, crop_margin: str | None, color: str | None,
+                   bg_image: Path | None) -> pipeline.Options:
+    """The same rules as the HTTP form: each bad or misplaced option is a usage error naming the flag."""
+    if crop_margin is not None and not crop:
+        raise click.UsageError("--crop-margin needs --crop")
+    if color is not None and bg_image is not None:
+        raise click.UsageError("use either --color or --bg-image, not both")
+    if only_mask and (color is not None or bg_image is not None):
+        raise click.UsageError("--only-mask writes the mask alone; it does not combine with --color or --bg-image")
+    output_format = _flag("--format", pipeline.parse_format, fmt)
+    rgba = _flag("--color", pipeline.parse_color, color)
+    if rgba is not None and rgba[3] < 255 and output_format == "jpeg":
+        raise click.UsageError("a colour with alpha below 255 needs --format png or webp; JPEG has no transparency")
+    return pipeline.Options(fmt=output_format, only_mask=only_mask, crop=crop,
+                            crop_margin=_flag("--crop-margin", pipeline.parse_margin, crop_margin), color=rgba)
 
 
 def register_batch(app: Flask) -> None:
     @app.cli.command("remove")
     @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
     @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-                  help="output folder (default: PROCESSED_FOLDER)")
-    @click.option("--color", help="put the subject on this colour instead of transparency (#RRGGBB, R,G,B, name)")
-    @click.option("--format", "fmt", type=click.Choice(["png", "webp", "jpeg"]), help="output format")
-    @click.option("--only-mask", is_flag=True, help="write the mask alone")
+                  help="output folder; input folders keep their sub-folders under it (default: PROCESSED_FOLDER)")
+    @click.option("--format", "fmt", type=click.Choice(["png", "webp", "jpeg", "jpg"], case_sensitive=False),
+                  help="output format (default png; jpeg with --color or --bg-image)")
+    @click.option("--only-mask", is_flag=True, help="write the 8-bit mask alone")
     @click.option("--crop", is_flag=True, help="crop to the subject")
-    def remove(inputs: tuple[Path, ...], out_dir: Path | None, color: str | None, fmt: str | None,
-               only_mask: bool, crop: bool) -> None:
-        """Remove the background of image files or folders without the HTTP server."""
+    @click.option("--crop-margin", help="with --crop: margin around the subject, '20', '20px' or '10%%'")
+    @click.option("--color", "--bg-color", "color",
+                  help="put the subject on this colour instead of transparency (#RRGGBB, #RRGGBBAA, R,G,B, name)")
+    @click.option("--bg-image", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                  help="put the subject over this image, scaled to cover")
+    @click.option("--max-dimension", type=click.IntRange(min=1),
+                  help="long side of the results in pixels (default: each input's own size, up to MAX_PIXELS)")
+    def remove(inputs: tuple[Path, ...], out_dir: Path | None, fmt: str | None, only_mask: bool, crop: bool,
+               crop_margin: str | None, color: str | None, bg_image: Path | None, max_dimension: int | None) -> None:
+        """Remove the background of image files or folders without the HTTP server, at full size by default."""
         config: Config = current_app.config["PIXPORT"]
         service = current_app.extensions["isnet_tiny"]
+        options = _batch_options(fmt, only_mask, crop, crop_margin, color, bg_image)
+        # config.max_dimension caps HTTP results; here the default is the input's own size. No image that
+        # passed open_checked's MAX_PIXELS check has a long side above max_pixels, so that never shrinks.
+        run_config = replace(config, max_dimension=max_dimension or config.max_pixels)
         out_dir = out_dir or config.processed_folder
-        out_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            options = pipeline.Options(fmt=fmt, only_mask=only_mask, crop=crop, color=pipeline.parse_color(color))
-        except ApiError as exc:
-            raise click.BadParameter(exc.message, param_hint="--color") from None
-        files = collect_inputs(inputs)
+        jobs = collect_inputs(inputs, skip=out_dir if out_dir.exists() else None)
+        background = bg_image.read_bytes() if bg_image is not None else None
         failures: list[tuple[Path, str]] = []
-        taken: set[Path] = set()
         written = 0
-        for path in tqdm(files, unit="image", disable=len(files) < 2):
-            stem = path.stem or "image"
+        for job in tqdm(jobs, unit="image", disable=len(jobs) < 2):
             try:
-                data = path.read_bytes()
-                if color is None:
-                    result = pipeline.remove_background(data, stem, options, service, config)
+                data = job.path.read_bytes()
+                if color is None and background is None:
+                    result = pipeline.remove_background(data, job.stem, options, service, run_config)
                 else:
-                    result = pipeline.change_background(data, stem, options, service, config)
+                    result = pipeline.change_background(data, job.stem, options, service, run_config, background)
+                target = out_dir / job.folder / result.filename
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(result.payload)
             except ApiError as exc:
-                failures.append((path, exc.message))
+                failures.append((job.path, exc.message))
                 continue
             except OSError as exc:
-                failures.append((path, exc.strerror or str(exc)))
+                failures.append((job.path, exc.strerror or str(exc)))
                 continue
-            _unique(out_dir / result.filename, taken).write_bytes(result.payload)
             written += 1
         for path, reason in failures:
             click.echo(f"failed: {path}: {reason}", err=True)
-        click.echo(f"{written} written to {out_dir}, {len(failures)} failed, {len(files)} in all")
+        click.echo(f"{written} written to {out_dir}, {len(failures)} failed, {len(jobs)} in all")
         if failures:
             raise SystemExit(1)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +67,24 @@ def _url(env: Mapping[str, str], name: str, default: str) -> str:
     return raw
 
 
+_ORIGIN = re.compile(r"https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
+
+
+def _origins(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """`*`, or comma-separated origins exactly as a browser sends them (scheme://host[:port], no path)."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return ()
+    if raw == "*":
+        return ("*",)
+    origins = tuple(part.strip().rstrip("/") for part in raw.split(",") if part.strip())
+    for origin in origins:
+        if not _ORIGIN.fullmatch(origin):
+            raise ConfigError(f"{name}: {origin!r} is not an origin like https://app.example.com "
+                              "or http://localhost:3000")
+    return origins
+
+
 @dataclass(frozen=True)
 class Config:
     """Immutable settings; build one with Config.from_env()."""
@@ -88,6 +107,7 @@ class Config:
     api_key: str | None = None
     metrics: bool = False
     preload_model: bool = False
+    cors_origins: tuple[str, ...] = ()
 
     @property
     def max_content_length(self) -> int:
@@ -134,4 +154,5 @@ class Config:
             api_key=env.get("API_KEY", "").strip() or None,
             metrics=metrics_raw in ("1", "true", "yes"),
             preload_model=_flag(env, "PRELOAD_MODEL"),
+            cors_origins=_origins(env, "CORS_ORIGINS"),
         )

@@ -13,7 +13,8 @@ def assert_json_error(response, status: int) -> str:
     assert response.status_code == status, response.data[:300]
     assert response.mimetype == "application/json"
     body = response.get_json()
-    assert set(body) == {"error"} and body["error"]
+    assert set(body) == {"error", "request_id"} and body["error"]
+    assert body["request_id"] == response.headers["X-Request-ID"]
     assert "Traceback" not in body["error"] and "/work" not in body["error"]
     return body["error"]
 

@@ -43,7 +43,7 @@ def check(client, data: bytes, name: str, folders: list[Path]) -> None:
         if response.status_code == 200:
             Image.open(io.BytesIO(response.data)).verify()
         else:
-            assert set(response.get_json()) == {"error"}
+            assert set(response.get_json()) == {"error", "request_id"}
     for folder in folders:
         assert list(folder.iterdir()) == []
 

@@ -14,7 +14,7 @@ from werkzeug.datastructures import FileStorage
 from werkzeug.utils import secure_filename
 
 from app import imaging, pipeline
-from app.api.openapi import openapi_document
+from app.api.openapi import openapi_document, server_url
 from app.config import ALLOWED_EXTENSIONS, Config
 from app.errors import ApiError, BadRequest
 from app.services.isnet_tiny_service import HIGH_MEMORY_MB, IsnetTinyService, ModelState, peak_rss_mb, rss_mb
@@ -191,7 +191,8 @@ def status() -> Response:
 @bp.get("/openapi.json")
 def openapi() -> Response:
     """The OpenAPI 3 description of this server's API."""
-    return jsonify(openapi_document(_config(), metrics="metrics" in current_app.view_functions))
+    return jsonify(openapi_document(_config(), metrics="metrics" in current_app.view_functions,
+                                    server=server_url(request)))
 
 
 @bp.post("/clear_cache")

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from flask import Request
+
 from app.config import ALLOWED_EXTENSIONS, Config
 
 ERROR = {"$ref": "#/components/schemas/Error"}
@@ -17,11 +19,13 @@ def _error(description: str, retry: bool = False) -> dict[str, Any]:
 
 def _image_errors(auth: bool) -> dict[str, Any]:
     errors = {
-        "400": _error("bad form: no file, empty file, bad option or colour"),
-        "413": _error("upload over the size limit, or too many pixels"),
+        "400": _error("bad form: no image or more than one of file / image_url / image_file_b64, an unknown "
+                      "field, a bad option or colour; or image_url refused (not http/https, a private address)"),
+        "413": _error("image over the size limit, or too many pixels"),
         "415": _error("not an image we accept"),
         "422": _error("truncated or corrupt image"),
         "503": _error("model loading, building or failed; or the server is busy", retry=True),
+        "504": _error("image_url did not answer in time"),
     }
     if auth:
         errors["401"] = _error("missing or wrong API key")
@@ -37,46 +41,92 @@ def _image_response(prefix: str, default: str) -> dict[str, Any]:
     }
 
 
-def _form(extra: dict[str, Any]) -> dict[str, Any]:
-    properties: dict[str, Any] = {
+BOOLEAN_NOTE = "; the form also accepts 1/0, yes/no, on/off"
+IMAGE_SOURCES = ("file", "image_url", "image_file_b64")
+
+
+def _form(config: Config, fields: tuple[str, ...]) -> dict[str, Any]:
+    """A multipart body with exactly these fields (the server rejects any other) and one image source."""
+    catalogue: dict[str, Any] = {
         "file": {"type": "string", "format": "binary",
-                 "description": f"the image: {', '.join(ALLOWED_EXTENSIONS)}"},
-        "format": {"type": "string", "enum": ["png", "webp", "jpeg"]},
-        "only_mask": {"type": "string", "enum": ["true", "false"], "description": "return the 8-bit mask alone"},
-        "crop": {"type": "string", "enum": ["true", "false"], "description": "crop to the subject"},
-        "crop_margin": {"type": "string", "description": "margin around the crop: '20', '20px' or '10%'",
-                        "example": "10%"},
-        "max_dimension": {"type": "string", "pattern": "^[0-9]*$",
-                          "description": "long side of the result, at most the server's MAX_DIMENSION"},
-        **extra,
+                 "description": f"the image, uploaded: {', '.join(ALLOWED_EXTENSIONS)}"},
+        "image_url": {"type": "string", "format": "uri",
+                      "description": "an http(s) URL the server fetches the image from (public addresses only, "
+                                     "at most 3 redirects, the same size limit as an upload)"},
+        "image_file_b64": {"type": "string",
+                           "description": "the image as base64, plain or as a data: URL (data:image/png;base64,...)"},
+        "format": {"type": "string", "enum": ["png", "webp", "jpeg", "jpg"],
+                   "description": "output format (jpg is jpeg)"},
+        "only_mask": {"type": "boolean", "default": False,
+                      "description": f"return the 8-bit mask alone{BOOLEAN_NOTE}"},
+        "crop": {"type": "boolean", "default": False, "description": f"crop to the subject{BOOLEAN_NOTE}"},
+        "crop_margin": {"type": "string", "pattern": r"^\s*[0-9]+(\.[0-9]+)?\s*(px|%)?\s*$",
+                        "description": "with crop: margin around the subject, '20', '20px' or '10%' "
+                                       "(at most 1000 px or 100 %)"},
+        "max_dimension": {"type": "integer", "minimum": 1, "maximum": config.max_dimension,
+                          "description": "long side of the result in pixels, at most the server's MAX_DIMENSION"},
+        "color": {"type": "string",
+                  "description": "'#RGB', '#RRGGBB', '#RRGGBBAA', 'R,G,B' or a CSS name; default white"},
+        "bg_color": {"type": "string",
+                     "description": "another name for color (remove.bg's); send one of the two"},
+        "bg_image": {"type": "string", "format": "binary",
+                     "description": "a background image, scaled to cover; not with color"},
     }
-    return {
-        "required": True,
-        "content": {"multipart/form-data": {"schema": {"type": "object", "required": ["file"],
-                                                       "properties": properties}}},
+    # No `example` values: Swagger UI would pre-fill and send them (image_url beside file, crop_margin
+    # without crop, color with bg_color), and the strict form refuses those combinations.
+    # "Exactly one source" is said in words, not with oneOf: openapi-python-client 0.29 turns a body with
+    # oneOf into `Any`, and Swagger UI cannot render a form for it. The server enforces it (400).
+    schema: dict[str, Any] = {
+        "type": "object",
+        "properties": {name: catalogue[name] for name in fields},
+        "additionalProperties": False,
+        "description": f"Send the image as exactly one of {', '.join(IMAGE_SOURCES)}; any field not listed "
+                       "here is refused with 400.",
     }
+    return {"required": True, "content": {"multipart/form-data": {"schema": schema}}}
 
 
-def openapi_document(config: Config, metrics: bool) -> dict[str, Any]:
-    """The document for this server's configuration (limits, whether a key or /metrics exist)."""
+REMOVE_FIELDS = ("file", "image_url", "image_file_b64", "format", "only_mask", "crop", "crop_margin", "max_dimension")
+CHANGE_COLOR_FIELDS = ("file", "image_url", "image_file_b64", "color", "bg_color", "bg_image", "format", "crop",
+                       "crop_margin", "max_dimension")
+
+
+def server_url(request: Request) -> str:
+    """This server as the client reached it; X-Forwarded-Proto says https behind a TLS-terminating proxy."""
+    forwarded = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+    scheme = forwarded if forwarded in ("http", "https") else request.scheme
+    return f"{scheme}://{request.host}{request.script_root}"
+
+
+def _with_request_id(paths: dict[str, Any]) -> None:
+    """Every operation takes an optional X-Request-ID and every response carries one."""
+    for item in paths.values():
+        for operation in item.values():
+            operation.setdefault("parameters", []).append({"$ref": "#/components/parameters/RequestId"})
+            for response in operation["responses"].values():
+                response.setdefault("headers", {})["X-Request-ID"] = {"$ref": "#/components/headers/RequestId"}
+
+
+def openapi_document(config: Config, metrics: bool, server: str | None = None) -> dict[str, Any]:
+    """The document for this server's configuration (limits, whether a key or /metrics exist).
+
+    `server` is the base URL clients reached (see server_url); without it the document has no `servers`.
+    """
     auth = config.api_key is not None
     security = [{"bearer": []}, {"apiKey": []}] if auth else []
-    color = {"type": "string", "description": "'#RGB', '#RRGGBB', '#RRGGBBAA', 'R,G,B' or a CSS name; default white",
-             "example": "#00FF00"}
-    bg_image = {"type": "string", "format": "binary", "description": "a background image, scaled to cover"}
     paths: dict[str, Any] = {
         "/api/bg/remove": {"post": {
             "summary": "Remove the background",
             "description": f"Transparent cutout. Uploads up to {config.max_file_size_mb} MB; results at most "
                            f"{config.max_dimension} px on the long side.",
             "operationId": "remove", "security": security,
-            "requestBody": _form({}),
+            "requestBody": _form(config, REMOVE_FIELDS),
             "responses": {"200": _image_response("nobg", "PNG"), **_image_errors(auth)},
         }},
         "/api/bg/change_color": {"post": {
             "summary": "Replace the background with a colour or an image",
             "operationId": "changeColor", "security": security,
-            "requestBody": _form({"color": color, "bg_image": bg_image}),
+            "requestBody": _form(config, CHANGE_COLOR_FIELDS),
             "responses": {"200": _image_response("colored", "JPEG, or PNG for a translucent colour"),
                           **_image_errors(auth)},
         }},
@@ -118,16 +168,28 @@ def openapi_document(config: Config, metrics: bool) -> dict[str, Any]:
                                   "content": {"text/plain": {"schema": {"type": "string"}}}},
                           **({"401": _error("missing or wrong API key")} if auth else {})},
         }}
-    return {
+    _with_request_id(paths)
+    document: dict[str, Any] = {
         "openapi": "3.0.3",
         "info": {"title": "PixPort ISNet Tiny", "version": "1.0.0",
-                 "description": "Background removal over HTTP. Errors are JSON {\"error\": \"...\"}."},
+                 "description": "Background removal over HTTP. Errors are JSON "
+                                "{\"error\": \"...\", \"request_id\": \"...\"}; every response has an "
+                                "X-Request-ID header (yours echoed when it is 1-128 of A-Z a-z 0-9 . _ : -, "
+                                "else a new one) that also appears in the server's access log."},
         "paths": paths,
         "components": {
+            "parameters": {"RequestId": {
+                "name": "X-Request-ID", "in": "header", "required": False,
+                "description": "your ID for this request, echoed back and logged; otherwise the server makes one",
+                "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"}}},
+            "headers": {"RequestId": {
+                "description": "the request's ID: yours when it was sane, else generated",
+                "required": True, "schema": {"type": "string"}}},
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"},
                                 "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}},
             "schemas": {
-                "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}},
+                "Error": {"type": "object", "required": ["error", "request_id"],
+                          "properties": {"error": {"type": "string"}, "request_id": {"type": "string"}},
                           "additionalProperties": False},
                 "Health": {"type": "object", "required": ["status", "memory_mb", "model_loaded"], "properties": {
                     "status": {"type": "string", "enum": ["healthy", "starting", "unhealthy"]},
@@ -156,3 +218,6 @@ def openapi_document(config: Config, metrics: bool) -> dict[str, Any]:
             },
         },
     }
+    if server is not None:
+        document["servers"] = [{"url": server}]
+    return document
