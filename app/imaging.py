@@ -75,9 +75,9 @@ _PNG_TEXT_ERRORS = ("MAX_TEXT_CHUNK", "MAX_TEXT_MEMORY")
 # Bytes a pixel takes in Pillow's raster, by mode (everything else is 4: RGB is stored as RGBX).
 _RASTER_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
 # libwebp decodes at full size only: two RGBA canvases (current and previous frame) and the frame handed to
-# Python, on top of Pillow's own RGBA raster; lossless adds its ARGB cache. Measured: 16.4 B/px for both
-# (12 MP in a fresh process); the 40 MP lossless figure works out at ~20.
-_WEBP_EXTRA_PER_PIXEL = {"lossy": 13, "lossless": 16}
+# Python, on top of Pillow's own 4-byte raster. Measured peak of decode() in a fresh process: 15.5 B/px for
+# lossy (10 and 24 MP) and 15.2 for lossless (40 MP) all told, i.e. ~11.5 beside the raster.
+_WEBP_EXTRA_PER_PIXEL = {"lossy": 12, "lossless": 13}
 # Downscale by whole factors (a box filter, in bands) while the result stays at least this many times the
 # largest size we need, then LANCZOS the rest of the way: Pillow's own reducing_gap idea.
 REDUCING_GAP = 2.0
@@ -192,9 +192,11 @@ def estimate_decode_bytes(image: Image.Image, max_dimension: int, model_size: in
     needed = _needed_size((width, height), max_dimension, model_size)
     factor = _reduce_factor((width, height), needed)
     reduced = -(-width // factor[0]) * -(-height // factor[1])
-    band = min(raster, _BAND_BYTES) * 3  # a band, its conversion and its reduction
-    working = reduced * 4 * 4 + needed[0] * needed[1] * 4 * 2  # reduced copy, its conversions, two resizes
-    return raster + extra + band + working
+    in_place = factor == (1, 1) and image.mode in ("RGB", "RGBA", "L")
+    band = 0 if in_place else min(raster, _BAND_BYTES) * 3  # a band, its conversion and its reduction
+    copies = reduced * 4 * (1 if in_place else 2)  # the reduced image and one conversion of it
+    outputs = needed[0] * needed[1] * 4 * 2  # model input and response, with their resize intermediates
+    return raster + extra + band + copies + outputs
 
 
 def open_checked(
