@@ -254,10 +254,7 @@ def _checked_header(
     if width * height > max_pixels:
         raise TooLarge(f"the image is {width}x{height} = {width * height:,} pixels; the limit is {max_pixels:,}")
     mode, frames = image.mode, getattr(image, "n_frames", 1)
-    try:
-        orientation = int(image.getexif().get(_ORIENTATION, 1) or 1)
-    except (OSError, ValueError, SyntaxError, struct.error, TypeError):
-        orientation = 1
+    orientation = _orientation(image)
     cost = estimate_decode_bytes(image, max_dimension, model_size)
     if max_decode_bytes is not None and cost > max_decode_bytes:
         mb = 2**20
@@ -266,6 +263,22 @@ def _checked_header(
             f"of memory; the limit is {max_decode_bytes / mb:.0f} MB (MAX_DECODE_MB). {_cheaper_hint(fmt)}"
         )
     return Header(stream, fmt, (width, height), mode, frames, orientation, cost)
+
+
+def _orientation(image: Image.Image, loaded: bool = False) -> int:
+    """The EXIF orientation (1 when absent or unreadable), without decoding: PngImageFile.getexif() would
+    load the pixels to look for an eXIf chunk after the image data, so a PNG's is read from info here and
+    again by decode() once it has the pixels."""
+    try:
+        if image.format == "PNG" and not loaded:
+            exif = Image.Exif()
+            if "exif" in image.info:
+                exif.load(image.info["exif"])
+        else:
+            exif = image.getexif()
+        return int(exif.get(_ORIENTATION, 1) or 1)
+    except (OSError, ValueError, SyntaxError, struct.error, TypeError):
+        return 1
 
 
 def _cheaper_hint(fmt: str) -> str:
@@ -347,9 +360,9 @@ def _oriented(image: Image.Image, orientation: int) -> Image.Image:
     return image.transpose(method) if method is not None else image
 
 
-def _load_reduced(header: Header, max_dimension: int, model_size: int | None) -> Image.Image:
-    """The first frame, decoded (JPEG at reduced scale), normalised and box-reduced; the full raster is freed
-    before this returns."""
+def _load_reduced(header: Header, max_dimension: int, model_size: int | None) -> tuple[Image.Image, int]:
+    """The first frame, decoded (JPEG at reduced scale), normalised and box-reduced, and its orientation; the
+    full raster is freed before this returns."""
     header.stream.seek(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -358,8 +371,9 @@ def _load_reduced(header: Header, max_dimension: int, model_size: int | None) ->
     if header.format == "JPEG":
         image.draft("RGB", _draft_size(image.size, max_dimension, model_size or 1))
     image.load()
+    orientation = _orientation(image, loaded=True) if header.format == "PNG" else header.orientation
     factor = _reduce_factor(image.size, _needed_size(image.size, max_dimension, model_size))
-    return _reduced(image, factor)  # the full-size raster (and a WebP decoder's canvases) go with `image`
+    return _reduced(image, factor), orientation  # the full raster (and a WebP decoder's canvases) go with `image`
 
 
 def decode(header: Header, max_dimension: int, model_size: int | None = None) -> Decoded:
@@ -368,8 +382,8 @@ def decode(header: Header, max_dimension: int, model_size: int | None = None) ->
     Peak memory is the decoded raster (JPEG at reduced scale) plus a band; 413/422 as ApiError.
     """
     try:
-        image = _load_reduced(header, max_dimension, model_size)
-        image = _oriented(image, header.orientation)
+        image, orientation = _load_reduced(header, max_dimension, model_size)
+        image = _oriented(image, orientation)
         if image.mode == "L":
             image = image.convert("RGB")
         model_rgb = None
@@ -377,7 +391,9 @@ def decode(header: Header, max_dimension: int, model_size: int | None = None) ->
             model_rgb = (image if image.mode == "RGB" else image.convert("RGB")).resize(
                 (model_size, model_size), Image.Resampling.LANCZOS
             )
-        target = scaled_size(image.size, max_dimension)
+        width, height = header.size
+        original = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+        target = scaled_size(original, max_dimension)  # from the original size: reducing rounds
         if target != image.size:
             image = image.resize(target, Image.Resampling.LANCZOS)
     except Image.DecompressionBombError:
