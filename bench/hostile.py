@@ -318,19 +318,27 @@ def slow_clients(base: str, data: dict[str, bytes]) -> Outcome:
 
 
 def clear_under_load(base: str, data: dict[str, bytes]) -> Outcome:
-    """9 uploads at once (1 runs, 8 queue), then clear_cache: its latency, and every upload must be 200."""
+    """9 uploads at once (1 runs, 8 queue), then clear_cache: its latency, and no upload may fail because of it
+    (a 503 "busy" after QUEUE_TIMEOUT_S is reported but is the queue's policy, not a failure of clear_cache)."""
     outcome = Outcome()
     lock = threading.Lock()
 
     def client() -> None:
+        text = ""
+        started = time.monotonic()
         try:
-            status = _post(base, "/api/bg/remove", {"file": ("p.jpg", data["photo-1024.jpg"])}).status_code
-        except requests.RequestException:
-            status = "error"
+            response = _post(base, "/api/bg/remove", {"file": ("p.jpg", data["photo-1024.jpg"])})
+            status = response.status_code
+            text = response.json().get("error", "") if status != 200 else ""
+        except requests.RequestException as exc:
+            status, text = "error", str(exc)[:120]
         with lock:
             outcome.count(status)
-            if status != 200:
+            # A 503 "busy" after QUEUE_TIMEOUT_S is the admission policy, not clear_cache; anything else fails.
+            if status != 200 and "busy" not in text:
                 outcome.failed = True
+            if text:
+                outcome.notes.append(f"{status} after {time.monotonic() - started:.1f} s: {text}")
 
     threads = [threading.Thread(target=client) for _ in range(9)]
     for thread in threads:
