@@ -26,9 +26,9 @@ _SIXTEEN_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 class Decoded:
     """A photo ready for the model.
 
-    `rgb` is the output-size photo; `model_rgb` is the model's square input made from the largest
-    decoded version (so downscaling for the response does not change the mask); `alpha` is the
-    upload's own transparency at output size, if it had any.
+    `rgb` is the output-size photo; `model_rgb` is the model's square input made from the decoded
+    version (reduced to no less than twice the largest size needed, so downscaling for the response
+    does not change the mask); `alpha` is the upload's own transparency at output size, if it had any.
     """
 
     rgb: Image.Image
