@@ -136,3 +136,65 @@ def test_errors_from_the_http_layer_are_json(server: str, request_bytes: bytes, 
     assert head.startswith(f"HTTP/1.1 {status} ")
     assert "content-type: application/json" in head.lower()
     assert set(body) == {"error"} and body["error"]
+
+
+def _run_buffered(messages: list[dict], max_body: int, timeout_s: float = 5.0) -> tuple[list[dict], dict | None, bytes]:
+    """Drive BufferedBodies with scripted client messages; returns (sent messages, scope seen by the app, body)."""
+    import asyncio
+
+    from app.front import BufferedBodies
+
+    seen: dict = {}
+
+    async def app(scope, receive, send):
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        seen.update(scope=scope, body=body)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def main() -> list[dict]:
+        queue = list(messages)
+        sent: list[dict] = []
+
+        async def receive():
+            if queue:
+                return queue.pop(0)
+            await asyncio.sleep(3600)  # a client that stalls
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "headers": [(b"transfer-encoding", b"chunked")]}
+        await BufferedBodies(app, max_body, None, timeout_s)(scope, receive, send)
+        return sent
+
+    sent = asyncio.run(main())
+    return sent, seen.get("scope"), seen.get("body", b"")
+
+
+def test_buffered_bodies_hand_the_app_a_whole_body_with_its_length():
+    chunks = [{"type": "http.request", "body": b"x" * 700_000, "more_body": True},
+              {"type": "http.request", "body": b"y" * 10, "more_body": False}]
+    sent, scope, body = _run_buffered(chunks, max_body=1_000_000)
+    assert body == b"x" * 700_000 + b"y" * 10
+    assert (b"content-length", b"700010") in scope["headers"]
+    assert not any(name == b"transfer-encoding" for name, _ in scope["headers"])
+
+
+def test_buffered_bodies_stop_reading_past_the_limit():
+    chunks = [{"type": "http.request", "body": b"x" * 600, "more_body": True}] * 10
+    _, scope, body = _run_buffered(chunks, max_body=1000)
+    assert len(body) == 1200  # read up to the limit and one chunk over; the app refuses it by its length
+    assert (b"content-length", b"1200") in scope["headers"]
+
+
+def test_buffered_bodies_answer_408_to_a_stalled_body():
+    sent, scope, _ = _run_buffered([{"type": "http.request", "body": b"x", "more_body": True}], 1000, 0.2)
+    assert scope is None
+    assert sent[0]["status"] == 408
+    assert json.loads(sent[1]["body"])["error"].startswith("the request body did not arrive")
