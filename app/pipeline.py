@@ -1,6 +1,7 @@
 """The one image pipeline behind the HTTP endpoints and the batch command.
 
-bytes -> imaging.open_checked (header, cost) -> imaging.decode (in the slot) -> service.mask -> crop / cut out / fill -> imaging.encode.
+bytes -> imaging.open_checked (header, decode cost) -> imaging.decode (inside the slot) -> service.mask
+-> crop / cut out / fill -> imaging.encode.
 Option values arrive as strings (form fields, command-line flags) and are validated here, so both
 front ends give the same messages.
 """
