@@ -7,9 +7,11 @@ import os
 
 bind = f"0.0.0.0:{os.environ.get('PORT', '5000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
-worker_class = "gthread"
-# Enough threads for the one running inference, MAX_QUEUE (8) waiting uploads, and spares so that
-# /health and /status answer at once under load. Waiting requests hold only their spooled upload.
+# gunicorn's asyncio worker parses requests and buffers whole bodies before a thread sees them, so slow or
+# idle clients hold no thread (app/front.py; README "Slow clients").
+worker_class = "app.front.BufferedWsgiWorker"
+# Threads run only fully received requests: the one running inference, MAX_QUEUE (8) waiting uploads, and
+# spares so that /health and /status answer at once under load. Waiting requests hold only their spooled upload.
 threads = int(os.environ.get("GUNICORN_THREADS", "12"))
 # The arbiter restarts a worker whose heartbeat stops for this long (a wedged process). It is not a
 # per-request limit: a threaded worker keeps beating while its threads serve slow requests.

@@ -60,6 +60,41 @@ def _error_response(message: str, status: int, retry_after: int | None = None) -
     return response
 
 
+def _limit_hit(exc: RequestEntityTooLarge) -> str:
+    """Which of Werkzeug's limits raised this 413: 'parts', 'field' or 'body'.
+
+    Werkzeug raises the same bare exception for all three, so the raising frame tells them apart: the
+    multipart decoder counts parts (next_event) and buffers a field (receive_data); the form parser adds
+    a field's chunks up (parse); everything else is the stream's length limit.
+    """
+    frame = exc.__traceback__
+    innermost = None
+    while frame is not None:
+        innermost = frame.tb_frame.f_code
+        frame = frame.tb_next
+    if innermost is None or "werkzeug" not in innermost.co_filename.replace("\\", "/"):
+        return "body"
+    if innermost.co_name == "next_event":
+        return "parts"
+    if innermost.co_name in ("receive_data", "parse"):
+        return "field"
+    return "body"
+
+
+def _too_large_message(exc: RequestEntityTooLarge) -> str:
+    """A 413 that names the limit hit (upload size, a text field's size, or the number of form parts)."""
+    flask_config = current_app.config
+    limit = _limit_hit(exc)
+    if limit == "parts":
+        return (f"the form has more than {flask_config['MAX_FORM_PARTS']} parts (fields and files); "
+                "send the image and only the options you need")
+    if limit == "field":
+        return (f"a form field other than a file is larger than {flask_config['MAX_FORM_MEMORY_SIZE'] // 1000} KB, "
+                "the limit for text fields; send images as file parts (curl -F file=@photo.jpg)")
+    size_mb = flask_config["PIXPORT"].max_file_size_mb
+    return f"the upload is larger than {size_mb} MB (MAX_FILE_SIZE_MB); send a smaller image"
+
+
 def _register_errors(app: Flask) -> None:
     """One place that turns every failure into `{"error": ...}` JSON, never a traceback."""
 
@@ -72,8 +107,7 @@ def _register_errors(app: Flask) -> None:
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(exc: RequestEntityTooLarge) -> Any:
-        limit = current_app.config["PIXPORT"].max_file_size_mb
-        return _error_response(f"the upload is larger than {limit} MB; send a smaller image", 413)
+        return _error_response(_too_large_message(exc), 413)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Any:

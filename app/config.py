@@ -102,6 +102,7 @@ class Config:
     max_file_size_mb: int = 8
     max_dimension: int = 1024
     max_pixels: int = 40_000_000
+    max_decode_mb: int = 300
     queue_timeout_s: float = 30.0
     max_queue: int = 8
     api_key: str | None = None
@@ -112,6 +113,10 @@ class Config:
     @property
     def max_content_length(self) -> int:
         return self.max_file_size_mb * 1024 * 1024
+
+    @property
+    def max_decode_bytes(self) -> int:
+        return self.max_decode_mb * 1024 * 1024
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Config":
@@ -149,6 +154,7 @@ class Config:
             max_file_size_mb=_number(env, "MAX_FILE_SIZE_MB", 8, 1, 100),
             max_dimension=_number(env, "MAX_DIMENSION", 1024, 64, 8192),
             max_pixels=_number(env, "MAX_PIXELS", 40_000_000, 1_000_000, 400_000_000),
+            max_decode_mb=_number(env, "MAX_DECODE_MB", 300, 16, 65536),
             queue_timeout_s=_number(env, "QUEUE_TIMEOUT_S", 30.0, 0.0, 600.0),
             max_queue=_number(env, "MAX_QUEUE", 8, 0, 1000),
             api_key=env.get("API_KEY", "").strip() or None,

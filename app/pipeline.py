@@ -1,6 +1,7 @@
 """The one image pipeline behind the HTTP endpoints and the batch command.
 
-bytes -> imaging.open_checked -> imaging.decode -> service.mask -> crop / cut out / fill -> imaging.encode.
+bytes -> imaging.open_checked (header, decode cost) -> imaging.decode (inside the slot) -> service.mask
+-> crop / cut out / fill -> imaging.encode.
 Option values arrive as strings (form fields, command-line flags) and are validated here, so both
 front ends give the same messages.
 """
@@ -108,23 +109,31 @@ def parse_color(text: str | None) -> tuple[int, int, int, int] | None:
 Source = bytes | BinaryIO
 
 
+def _checked(source: Source, max_dimension: int, config: Config) -> imaging.Header:
+    """The header check: format, pixel count and estimated decode memory, before anything is decoded."""
+    return imaging.open_checked(source, config.max_pixels, config.max_decode_bytes, max_dimension)
+
+
 def _subject(
     source: Source,
     options: Options,
     service: MaskService,
     config: Config,
-    background: Image.Image | None = None,
+    background: imaging.Header | None = None,
 ) -> tuple[Image.Image, Image.Image, Image.Image | None]:
     """Decode and mask: (RGB at output size, alpha including the upload's own transparency, backdrop).
 
-    The header checks run first, without waiting for the model; decoding (of the photo and of an
-    opened background image) waits for the inference slot, so that concurrent requests never hold
-    more than one full-size decode between them.
+    The header checks run first, without waiting for the model; decoding (of the photo and of a checked
+    background image) waits for the inference slot, so that concurrent requests never hold more than one
+    decode between them, and each decode's full-size raster is gone before the model runs.
     """
-    opened = imaging.open_checked(source, config.max_pixels)
+    max_dimension = options.max_dimension or config.max_dimension
+    header = _checked(source, max_dimension, config)
     with service.slot() as input_size:
-        decoded = imaging.decode(opened, options.max_dimension or config.max_dimension, input_size)
-        mask = service.mask(decoded.model_rgb, decoded.size)
+        decoded = imaging.decode(header, max_dimension, input_size)
+        model_rgb, decoded.model_rgb = decoded.model_rgb, None
+        mask = service.mask(model_rgb, decoded.size)
+        del model_rgb
         backdrop = imaging.decode(background, config.max_dimension).rgb if background is not None else None
     return decoded.rgb, imaging.combine_alpha(mask, decoded.alpha), backdrop
 
@@ -167,8 +176,8 @@ def change_background(
     translucent = background is None and color[3] < 255
     if translucent and options.fmt == "jpeg":
         raise BadRequest("a colour with alpha below 255 needs format png or webp; JPEG has no transparency")
-    opened_background = imaging.open_checked(background, config.max_pixels) if background is not None else None
-    rgb, alpha, backdrop = _subject(data, options, service, config, opened_background)
+    checked_background = _checked(background, config.max_dimension, config) if background is not None else None
+    rgb, alpha, backdrop = _subject(data, options, service, config, checked_background)
     rgb, alpha = _cropped(rgb, alpha, options)
     if options.only_mask:
         return _result(alpha, options.fmt or "png", "mask", stem)

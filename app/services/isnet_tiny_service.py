@@ -166,6 +166,8 @@ class IsnetTinyService:
         self._slot = threading.Semaphore(1)
         self._waiting = 0
         self._holder: int | None = None
+        self._running = False  # the slot is held; guarded by _lock, like the two below
+        self._clear_waiters: list[threading.Event] = []
         self._listeners: list[Callable[[float], None]] = []
         self.stats = Stats()
 
@@ -296,7 +298,11 @@ class IsnetTinyService:
 
     @contextmanager
     def _admitted(self) -> Iterator[None]:
-        """The bounded queue: one runs, at most max_queue wait, each for at most queue_timeout_s."""
+        """The bounded queue: one runs, at most max_queue wait, each for at most queue_timeout_s.
+
+        A clear() that arrives while a request runs is carried out when it leaves the slot, before the next
+        request gets in, so the session never disappears under a running inference.
+        """
         if not self._slot.acquire(blocking=False):
             with self._lock:
                 if self._waiting >= self.config.max_queue:
@@ -311,20 +317,32 @@ class IsnetTinyService:
             if not acquired:
                 self.stats.rejected_busy += 1
                 raise Unavailable("the server is busy; try again in a few seconds", retry_after=5)
+        with self._lock:
+            self._running = True
         try:
             yield
         finally:
+            with self._lock:
+                self._running = False
+                waiters, self._clear_waiters = self._clear_waiters, []
+                if waiters:
+                    self._drop_session()
             self._slot.release()
+            for waiter in waiters:
+                waiter.set()
 
     @contextmanager
     def slot(self) -> Iterator[int]:
         """Wait for the model and for the single inference slot; yields the model's input size.
 
         Callers decode the photo and call mask() inside it, so the process holds one full-size request
-        at a time while the others wait holding only their (spooled) upload.
+        at a time while the others wait holding only their (spooled) upload. A request whose model was
+        cleared while it waited loads it again here rather than failing.
         """
         self.wait_until_ready(self.config.queue_timeout_s)
         with self._admitted():
+            if self._session is None:
+                self.wait_until_ready(self.config.queue_timeout_s)
             if self._session is None:
                 raise Unavailable("the model was unloaded; try again", retry_after=1)
             self._holder = threading.get_ident()
@@ -359,16 +377,29 @@ class IsnetTinyService:
         """Called with each inference's seconds (metrics use it; the service knows nothing of them)."""
         self._listeners.append(listener)
 
+    def _drop_session(self) -> None:
+        """Forget the session (call with _lock held); the next request loads it again."""
+        self._session = None
+        self._file = None
+        self._input_size = 0
+        self._state = ModelState.NOT_LOADED
+        self._reason = None
+        self._ready.clear()
+
     def clear(self) -> float:
-        """Drop the session and return freed memory to the OS; returns MB freed (may be ~0)."""
+        """Drop the session and return freed memory to the OS; returns MB freed (may be ~0).
+
+        Waits for the running inference at most (not for the queue): queued requests reload the model.
+        """
         before = rss_mb()
-        with self._slot:
-            with self._lock:
-                self._session = None
-                self._file = None
-                self._input_size = 0
-                self._state = ModelState.NOT_LOADED
-                self._reason = None
-                self._ready.clear()
-            release_memory_to_os()
+        with self._lock:
+            if self._running:
+                done: threading.Event | None = threading.Event()
+                self._clear_waiters.append(done)
+            else:
+                done = None
+                self._drop_session()
+        if done is not None and not done.wait(self.config.queue_timeout_s):
+            log.warning("clear_cache: the running inference did not finish in %.0f s", self.config.queue_timeout_s)
+        release_memory_to_os()
         return max(0.0, before - rss_mb())
