@@ -59,6 +59,18 @@ def _url(env: Mapping[str, str], name: str, default: str) -> str:
     return raw
 
 
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw not in ("", "0", "1", "true", "false", "yes", "no"):
+        raise ConfigError(f"{name}={raw!r} must be 1 or 0")
+    return raw in ("1", "true", "yes")
+
+
+def base64_length(size: int) -> int:
+    """Characters of base64 (with padding) that encode `size` bytes."""
+    return (size + 2) // 3 * 4
+
+
 @dataclass(frozen=True)
 class Config:
     """Immutable settings; build one with Config.from_env()."""
@@ -81,10 +93,23 @@ class Config:
     max_queue: int = 8
     api_key: str | None = None
     metrics: bool = False
+    image_url_allow_private: bool = False
+    image_url_timeout_s: float = 10.0
 
     @property
     def max_content_length(self) -> int:
+        """The limit for one image, however it arrives (file part, image_url body, decoded image_file_b64)."""
         return self.max_file_size_mb * 1024 * 1024
+
+    @property
+    def max_form_field_bytes(self) -> int:
+        """A text field may hold a whole image as base64 (plus a data: URL prefix)."""
+        return base64_length(self.max_content_length) + 1024
+
+    @property
+    def max_request_bytes(self) -> int:
+        """A whole request: the larger of an image file and its base64, plus the form's own overhead."""
+        return self.max_form_field_bytes + 64 * 1024
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Config":
@@ -127,4 +152,6 @@ class Config:
             max_queue=_number(env, "MAX_QUEUE", 8, 0, 1000),
             api_key=env.get("API_KEY", "").strip() or None,
             metrics=metrics_raw in ("1", "true", "yes"),
+            image_url_allow_private=_flag(env, "IMAGE_URL_ALLOW_PRIVATE"),
+            image_url_timeout_s=_number(env, "IMAGE_URL_TIMEOUT_S", 10.0, 0.1, 120.0),
         )

@@ -44,6 +44,7 @@
   var cropMargin = $("opt-crop-margin");
   var bgImageRow = $("bg-image-row");
   var bgImage = $("opt-bg-image");
+  var onlyMask = $("opt-only-mask");
   var apiKey = $("opt-api-key");
 
   var currentFile = null;
@@ -156,6 +157,7 @@
     colorRow.hidden = !isColor;
     bgImageRow.hidden = !isColor;
     bgImage.disabled = !isColor; // disabled controls are left out of the FormData
+    onlyMask.disabled = isColor; // change_color refuses only_mask: it always returns a composed image
     colorText.disabled = !isColor || hasBgImage();
     colorPicker.disabled = colorText.disabled;
     formatDefault.textContent = isColor ? "Default (JPEG, or PNG for a translucent colour)" : "Default (PNG)";
