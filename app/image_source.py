@@ -126,9 +126,9 @@ def allowed_addresses(host: str, port: int, allow_private: bool) -> list[IPAddre
     if not allow_private:
         for address in addresses:
             reason = refusal(address)
-            if reason is not None:
+            if reason is not None:  # the address itself is not echoed: no map of internal names for callers
                 raise BadRequest(
-                    f"image_url: {host!r} resolves to {address}, a {reason} address; only public addresses are fetched"
+                    f"image_url: {host!r} is or resolves to a {reason} address; only public addresses are fetched"
                 )
     return addresses
 
