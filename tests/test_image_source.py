@@ -388,3 +388,15 @@ def test_parse_target_normalises_the_host():
         "https://[2606:4700::1]:443/x"
     with pytest.raises(ApiError):
         image_source.parse_target("http://a..b/x")
+
+
+def test_config_reads_and_checks_the_image_url_settings(tmp_path):
+    from app.config import ConfigError
+
+    defaults = Config.from_env({"MODEL_DIR": str(tmp_path)})
+    assert (defaults.image_url_allow_private, defaults.image_url_timeout_s) == (False, 10.0)
+    config = Config.from_env({"MODEL_DIR": str(tmp_path), "IMAGE_URL_ALLOW_PRIVATE": "1", "IMAGE_URL_TIMEOUT_S": "2.5"})
+    assert (config.image_url_allow_private, config.image_url_timeout_s) == (True, 2.5)
+    for name, value in (("IMAGE_URL_ALLOW_PRIVATE", "maybe"), ("IMAGE_URL_TIMEOUT_S", "0"), ("IMAGE_URL_TIMEOUT_S", "soon")):
+        with pytest.raises(ConfigError, match=name):
+            Config.from_env({"MODEL_DIR": str(tmp_path), name: value})
