@@ -196,14 +196,21 @@ def _timeout_error(host: str, seconds: float) -> ApiError:
     return ApiError(f"image_url: {host} did not answer within {seconds:g} s (IMAGE_URL_TIMEOUT_S)", 504)
 
 
-def _request(target: Target, addresses: list[IPAddress], timeout: float, verify: bool | str) -> "requests.Response":
-    """GET through the first checked address that accepts a connection; no redirects followed here."""
+def _session(target: Target) -> "requests.Session":
     import requests
 
     session = requests.Session()
     session.trust_env = False  # no proxies or netrc from the environment: the checked address is the one reached
     if target.scheme == "https":
         session.mount("https://", _pinned_adapter(target.host))
+    return session
+
+
+def _request(session: "requests.Session", target: Target, addresses: list[IPAddress], timeout: float,
+             verify: bool | str) -> "requests.Response":
+    """GET through the first checked address that accepts a connection; no redirects followed here."""
+    import requests
+
     headers = {"Host": target.host_header, "User-Agent": USER_AGENT, "Accept": "image/*",
                "Accept-Encoding": "identity"}
     failure = "no address"
@@ -233,7 +240,11 @@ def _short(exc: BaseException) -> str:
 
 def _download(response: "requests.Response", host: str, max_bytes: int, deadline: float, timeout: float,
               folder: Path) -> IO[bytes]:
-    """Stream the body into a spool, stopping as soon as it passes max_bytes or the deadline."""
+    """Stream the body into a spool, stopping as soon as it passes max_bytes or the deadline.
+
+    read1 returns what one socket read brings, so a server that trickles bytes is caught by the
+    deadline after at most one read timeout (read(n) would wait for all n bytes).
+    """
     from urllib3.exceptions import HTTPError, ReadTimeoutError
 
     limit_mb = max_bytes // (1024 * 1024)
@@ -243,7 +254,7 @@ def _download(response: "requests.Response", host: str, max_bytes: int, deadline
     stream = spool(folder)
     size = 0
     try:
-        for chunk in response.raw.stream(CHUNK_BYTES, decode_content=True):
+        while chunk := response.raw.read1(CHUNK_BYTES, decode_content=True):
             size += len(chunk)
             if size > max_bytes:
                 raise TooLarge(f"image_url: the image is larger than {limit_mb} MB; send a smaller image")
@@ -281,8 +292,8 @@ def fetch(url: str, config: Config, verify: bool | str = True) -> IO[bytes]:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise _timeout_error(target.host, timeout)
-        response = _request(target, addresses, min(timeout, remaining), verify)
-        with response:
+        with _session(target) as session, _request(session, target, addresses, min(timeout, remaining),
+                                                   verify) as response:
             location = response.headers.get("Location")
             if response.status_code in REDIRECT_STATUSES and location:
                 if hop == MAX_REDIRECTS:
@@ -291,7 +302,7 @@ def fetch(url: str, config: Config, verify: bool | str = True) -> IO[bytes]:
                 continue
             if not 200 <= response.status_code < 300:
                 raise BadRequest(
-                    f"image_url: {target.host} answered {response.status_code} {response.reason or ''}".rstrip()
+                    f"image_url: {target.host} answered {response.status_code} {(response.reason or '')[:60]}".rstrip()
                     + "; the URL must return the image itself"
                 )
             return _download(response, target.host, config.max_content_length, deadline, timeout,

@@ -74,6 +74,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
         elif path == "/slow":
             time.sleep(2)
             self._send(200, PNG)
+        elif path == "/drip":  # headers at once, then 100 bytes every 0.1 s: no single read ever times out
+            self.send_response(200)
+            self.send_header("Content-Length", "20000")
+            self.end_headers()
+            for _ in range(200):
+                self.wfile.write(b"\0" * 100)
+                self.wfile.flush()
+                time.sleep(0.1)
         else:
             self._send(404, b"", "text/plain")
 
@@ -264,6 +272,14 @@ def test_a_slow_server_is_504(make_app, origin):
     started = time.monotonic()
     message = assert_json_error(client.post("/api/bg/remove", data={"image_url": f"{base}/slow"}), 504)
     assert "IMAGE_URL_TIMEOUT_S" in message and time.monotonic() - started < 1.5
+
+
+def test_a_trickling_server_is_cut_off_at_the_deadline(make_app, origin):
+    base, _ = origin
+    client = make_app(IMAGE_URL_ALLOW_PRIVATE="1", IMAGE_URL_TIMEOUT_S="0.5").test_client()
+    started = time.monotonic()
+    assert_json_error(client.post("/api/bg/remove", data={"image_url": f"{base}/drip"}), 504)
+    assert time.monotonic() - started < 2.0
 
 
 def test_nothing_listening_is_400(open_client):
