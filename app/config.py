@@ -153,5 +153,5 @@ class Config:
             api_key=env.get("API_KEY", "").strip() or None,
             metrics=metrics_raw in ("1", "true", "yes"),
             image_url_allow_private=_flag(env, "IMAGE_URL_ALLOW_PRIVATE"),
-            image_url_timeout_s=_number(env, "IMAGE_URL_TIMEOUT_S", 10.0, 0.1, 120.0),
+            image_url_timeout_s=_number(env, "IMAGE_URL_TIMEOUT_S", 10.0, 0.1, 60.0),
         )
