@@ -171,7 +171,8 @@ def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
     app.request_class = SpoolingRequest
     app.config.update(
         PIXPORT=config,
-        MAX_CONTENT_LENGTH=config.max_content_length + 64 * 1024,  # the form's own overhead
+        MAX_CONTENT_LENGTH=config.max_request_bytes,  # each image is checked against max_content_length
+        MAX_FORM_MEMORY_SIZE=config.max_form_field_bytes,  # image_file_b64 is a text field
         TESTING=config.flask_env == "testing",
         JSON_SORT_KEYS=False,
     )

@@ -85,6 +85,12 @@ def _origins(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return origins
 
 
+
+def base64_length(size: int) -> int:
+    """Characters of base64 (with padding) that encode `size` bytes."""
+    return (size + 2) // 3 * 4
+
+
 @dataclass(frozen=True)
 class Config:
     """Immutable settings; build one with Config.from_env()."""
@@ -109,14 +115,27 @@ class Config:
     metrics: bool = False
     preload_model: bool = False
     cors_origins: tuple[str, ...] = ()
+    image_url_allow_private: bool = False
+    image_url_timeout_s: float = 10.0
 
     @property
     def max_content_length(self) -> int:
+        """The limit for one image, however it arrives (file part, image_url body, decoded image_file_b64)."""
         return self.max_file_size_mb * 1024 * 1024
 
     @property
     def max_decode_bytes(self) -> int:
         return self.max_decode_mb * 1024 * 1024
+
+    @property
+    def max_form_field_bytes(self) -> int:
+        """A text field may hold a whole image as base64 (plus a data: URL prefix)."""
+        return base64_length(self.max_content_length) + 1024
+
+    @property
+    def max_request_bytes(self) -> int:
+        """A whole request: the larger of an image file and its base64, plus the form's own overhead."""
+        return self.max_form_field_bytes + 64 * 1024
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Config":
@@ -161,4 +180,6 @@ class Config:
             metrics=metrics_raw in ("1", "true", "yes"),
             preload_model=_flag(env, "PRELOAD_MODEL"),
             cors_origins=_origins(env, "CORS_ORIGINS"),
+            image_url_allow_private=_flag(env, "IMAGE_URL_ALLOW_PRIVATE"),
+            image_url_timeout_s=_number(env, "IMAGE_URL_TIMEOUT_S", 10.0, 0.1, 60.0),
         )

@@ -171,7 +171,7 @@ def change_background(
 ) -> Result:
     """The subject over a colour (default white, JPEG) or over a background image scaled to cover."""
     if background is not None and options.color is not None:
-        raise BadRequest("send either color or bg_image, not both")
+        raise BadRequest("send either color (or bg_color) or bg_image, not both")
     color = options.color or colors.WHITE
     translucent = background is None and color[3] < 255
     if translucent and options.fmt == "jpeg":

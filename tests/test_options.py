@@ -33,7 +33,8 @@ def test_webp_is_smaller_than_png_for_a_photo(client):
     photo_bytes = (pytest.importorskip("tests.conftest").FIXTURES / "images" / "animal-1.jpg").read_bytes()
     png = client.post("/api/bg/remove", data=upload(photo_bytes, "a.jpg"))
     webp = client.post("/api/bg/remove", data=upload(photo_bytes, "a.jpg", format="webp"))
-    assert len(webp.data) < len(png.data) / 2
+    # Lossless (so transparent pixels stay colourless): ~0.6x the PNG here, not the lossy ~0.2x.
+    assert len(webp.data) < len(png.data) * 0.75
 
 
 def test_bad_format_names_the_accepted_values(client):
@@ -116,5 +117,4 @@ def test_options_combine_on_change_color(client):
     response = post(client, "/api/bg/change_color", color="0,255,0", crop="true", format="png", max_dimension="64")
     image = Image.open(io.BytesIO(response.data))
     assert response.mimetype == "image/png" and max(image.size) <= 64 and image.mode == "RGB"
-    mask = post(client, "/api/bg/change_color", only_mask="yes")
-    assert Image.open(io.BytesIO(mask.data)).mode == "L"
+    assert "only_mask" in assert_json_error(post(client, "/api/bg/change_color", only_mask="yes"), 400)

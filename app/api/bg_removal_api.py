@@ -4,8 +4,10 @@ This blueprint never touches onnxruntime; all model work goes through IsnetTinyS
 """
 from __future__ import annotations
 
+import difflib
 import hmac
 import io
+from contextlib import closing
 from pathlib import PurePath
 from typing import IO, Any
 
@@ -13,10 +15,10 @@ from flask import Blueprint, Response, current_app, jsonify, request, send_file
 from werkzeug.datastructures import FileStorage
 from werkzeug.utils import secure_filename
 
-from app import imaging, pipeline
+from app import image_source, imaging, pipeline
 from app.api.openapi import openapi_document, server_url
 from app.config import ALLOWED_EXTENSIONS, Config
-from app.errors import ApiError, BadRequest
+from app.errors import ApiError, BadRequest, TooLarge
 from app.services.isnet_tiny_service import HIGH_MEMORY_MB, IsnetTinyService, ModelState, peak_rss_mb, rss_mb
 
 bp = Blueprint("bg", __name__, url_prefix="/api/bg")
@@ -61,31 +63,108 @@ def safe_stem(filename: str) -> str:
     return stem or "image"
 
 
-def _file_stream(field: str, required: bool = True) -> tuple[IO[bytes], str] | None:
-    """A multipart file field's stream (in memory or spooled to UPLOAD_FOLDER) and a safe stem; 400/415."""
+SOURCE_FIELDS: tuple[str, ...] = ("file", "image_url", "image_file_b64")
+FILE_FIELDS = frozenset({"file", "bg_image"})
+OPTION_FIELDS: tuple[str, ...] = ("format", "crop", "crop_margin", "max_dimension")
+ACCEPTED_FIELDS: dict[str, tuple[str, ...]] = {
+    "remove": (*SOURCE_FIELDS, *OPTION_FIELDS, "only_mask"),
+    "change_color": (*SOURCE_FIELDS, *OPTION_FIELDS, "color", "bg_color", "bg_image"),
+}
+MISPLACED_HINTS: dict[tuple[str, str], str] = {
+    ("change_color", "only_mask"): "change_color always returns a composed image; for the mask alone use "
+                                   "/api/bg/remove with only_mask=true",
+    ("remove", "color"): "a colour or a background image belongs to /api/bg/change_color",
+    ("remove", "bg_color"): "a colour or a background image belongs to /api/bg/change_color",
+    ("remove", "bg_image"): "a colour or a background image belongs to /api/bg/change_color",
+}
+
+
+def check_fields(endpoint: str) -> None:
+    """Refuse (400) any field the endpoint does not take, a field sent twice, a file where text is
+    expected or the other way round; the message names the field and lists the accepted ones."""
+    accepted = ACCEPTED_FIELDS[endpoint]
+    listing = f"POST /api/bg/{endpoint} accepts: {', '.join(accepted)}"
+    for name in (*request.files.keys(), *request.form.keys()):
+        if not name:  # Werkzeug gives a part whose name it cannot read None
+            raise BadRequest(f"a form part has no readable name; {listing}")
+        if name not in accepted:
+            hint = MISPLACED_HINTS.get((endpoint, name))
+            if hint is None:
+                close = difflib.get_close_matches(name, accepted, n=1, cutoff=0.7)
+                hint = f"did you mean '{close[0]}'?" if close else None
+            known = any(name in fields for fields in ACCEPTED_FIELDS.values())
+            what = f"'{name[:40]}' is not accepted here" if known else f"unknown field '{name[:40]}'"
+            raise BadRequest(f"{what}{f' ({hint})' if hint else ''}; {listing}")
+        if len(request.files.getlist(name)) + len(request.form.getlist(name)) > 1:
+            raise BadRequest(f"'{name}' was sent more than once; send it once")
+        if name in FILE_FIELDS and name in request.form:
+            alternatives = "; or send image_url or image_file_b64 instead" if name == "file" else ""
+            raise BadRequest(f"'{name}' must be a file part, e.g. curl -F {name}=@photo.jpg{alternatives}")
+        if name not in FILE_FIELDS and name in request.files:
+            raise BadRequest(f"'{name}' is a text field, not a file; e.g. curl -F {name}=value")
+
+
+def _file_stream(field: str) -> tuple[IO[bytes], str]:
+    """A multipart file field's stream (in memory or spooled to UPLOAD_FOLDER) and a safe stem; 400/413/415."""
     upload: FileStorage | None = request.files.get(field)
     if upload is None:
-        if not required:
-            return None
         raise BadRequest(f"no '{field}' field in the form; send multipart/form-data, e.g. curl -F {field}=@photo.jpg")
     if not upload.filename:
         raise BadRequest(f"the '{field}' field has no filename; attach a file, e.g. curl -F {field}=@photo.jpg")
     imaging.check_extension(upload.filename)
     stream = upload.stream
-    if stream.seek(0, io.SEEK_END) == 0:
+    size = stream.seek(0, io.SEEK_END)
+    if size == 0:
         raise BadRequest(f"the uploaded '{field}' file is empty")
+    limit = _config().max_content_length
+    if size > limit:
+        raise TooLarge(f"the '{field}' file is larger than {limit // (1024 * 1024)} MB; send a smaller image")
     stream.seek(0)
     return stream, safe_stem(upload.filename)
 
 
+def _image_source() -> tuple[IO[bytes], str]:
+    """Exactly one of file, image_url, image_file_b64 -> a seekable stream and a safe download stem."""
+    given = [name for name in SOURCE_FIELDS if name in request.files or name in request.form]
+    if not given:
+        raise BadRequest(
+            "no image: send one of 'file' (multipart upload, e.g. curl -F file=@photo.jpg), "
+            "'image_url' (an http(s) URL) or 'image_file_b64' (base64 or a data: URL)"
+        )
+    if len(given) > 1:
+        raise BadRequest(f"send exactly one of file, image_url, image_file_b64, not {' and '.join(given)}")
+    config = _config()
+    if given[0] == "image_url":
+        url = request.form["image_url"].strip()
+        if not url:
+            raise BadRequest("image_url is empty; give an http:// or https:// URL of the image")
+        return image_source.fetch(url, config), safe_stem(image_source.url_filename(url))
+    if given[0] == "image_file_b64":
+        return image_source.decode_base64(request.form["image_file_b64"], config.max_content_length,
+                                          config.upload_folder), "image"
+    return _file_stream("file")
+
+
+def _color_field() -> str | None:
+    """`color`, or remove.bg's name for it, `bg_color` (not both)."""
+    color, bg_color = request.form.get("color"), request.form.get("bg_color")
+    if color is not None and bg_color is not None:
+        raise BadRequest("send color or bg_color (the same field under remove.bg's name), not both")
+    return bg_color if color is None else color
+
+
 def _options() -> pipeline.Options:
     form = request.form
+    crop = pipeline.parse_bool("crop", form.get("crop"))
+    crop_margin = form.get("crop_margin")
+    if crop_margin is not None and crop_margin.strip() and not crop:
+        raise BadRequest("crop_margin only applies with crop=true; add crop=true or leave crop_margin out")
     return pipeline.Options(
         fmt=pipeline.parse_format(form.get("format")),
         only_mask=pipeline.parse_bool("only_mask", form.get("only_mask")),
-        crop=pipeline.parse_bool("crop", form.get("crop")),
-        crop_margin=pipeline.parse_margin(form.get("crop_margin")),
-        color=pipeline.parse_color(form.get("color")),
+        crop=crop,
+        crop_margin=pipeline.parse_margin(crop_margin),
+        color=pipeline.parse_color(_color_field()),
         max_dimension=pipeline.parse_max_dimension(form.get("max_dimension"), _config().max_dimension),
     )
 
@@ -101,20 +180,26 @@ def _file_response(result: pipeline.Result) -> Response:
 @bp.post("/remove")
 def remove() -> Response:
     """The subject on a transparent background (PNG by default)."""
+    check_fields("remove")
     options = _options()
-    stream, stem = _file_stream("file")
-    return _file_response(pipeline.remove_background(stream, stem, options, _service(), _config()))
+    stream, stem = _image_source()
+    with closing(stream):
+        return _file_response(pipeline.remove_background(stream, stem, options, _service(), _config()))
 
 
 @bp.post("/change_color")
 def change_color() -> Response:
     """The subject over a colour (default white, JPEG) or over an uploaded background image."""
+    check_fields("change_color")
     options = _options()
-    stream, stem = _file_stream("file")
-    background = _file_stream("bg_image", required=False)
-    return _file_response(
-        pipeline.change_background(stream, stem, options, _service(), _config(), background[0] if background else None)
-    )
+    background = _file_stream("bg_image") if "bg_image" in request.files else None
+    if background is not None and options.color is not None:  # before any image_url download
+        raise BadRequest("send either color (or bg_color) or bg_image, not both")
+    stream, stem = _image_source()
+    with closing(stream):
+        return _file_response(pipeline.change_background(
+            stream, stem, options, _service(), _config(), background[0] if background else None
+        ))
 
 
 def _memory() -> dict[str, Any]:
