@@ -89,8 +89,9 @@ def _too_large_message(exc: RequestEntityTooLarge) -> str:
         return (f"the form has more than {flask_config['MAX_FORM_PARTS']} parts (fields and files); "
                 "send the image and only the options you need")
     if limit == "field":
-        return (f"a form field other than a file is larger than {flask_config['MAX_FORM_MEMORY_SIZE'] // 1000} KB, "
-                "the limit for text fields; send images as file parts (curl -F file=@photo.jpg)")
+        return (f"a text form field is larger than {flask_config['MAX_FORM_MEMORY_SIZE'] // 1000} KB, the limit for "
+                "text fields (image_file_b64 of an image of MAX_FILE_SIZE_MB); send a smaller image, or send it "
+                "as a file part (curl -F file=@photo.jpg)")
     size_mb = flask_config["PIXPORT"].max_file_size_mb
     return f"the upload is larger than {size_mb} MB (MAX_FILE_SIZE_MB); send a smaller image"
 

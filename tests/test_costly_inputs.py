@@ -142,7 +142,7 @@ def _mpo(first: Image.Image, second: Image.Image) -> bytes:
 def test_mpo_is_served_from_its_first_picture(client, path):
     data = _mpo(Image.new("RGB", (64, 48), (220, 30, 30)), Image.new("RGB", (32, 24), (30, 30, 220)))
     assert Image.open(io.BytesIO(data)).format == "MPO"
-    response = client.post(path, data=upload(data, "phone.jpg", only_mask="false"))
+    response = client.post(path, data=upload(data, "phone.jpg"))
     assert response.status_code == 200, response.get_json()
     result = Image.open(io.BytesIO(response.data))
     assert result.size == (64, 48)
@@ -197,10 +197,13 @@ def test_clear_cache_when_idle_unloads_and_the_next_request_reloads(client, app)
 # ----------------------------------------------------------------------------- (6) 413 names the limit
 
 
-def test_413_for_a_large_text_field_names_that_limit(client):
-    response = client.post("/api/bg/remove", data=upload(image_bytes(photo(), "PNG"), color="a" * 600_000))
+def test_413_for_a_large_text_field_names_that_limit(make_app):
+    """Text fields may hold an image as base64: the limit is its base64 size (1 MB -> 1,399 KB), not the upload's."""
+    client = make_app(MAX_FILE_SIZE_MB="1").test_client()
+    response = client.post("/api/bg/remove", data={"image_file_b64": "A" * 1_400_000},
+                           content_type="multipart/form-data")
     message = assert_json_error(response, 413)
-    assert "form field" in message and "500 KB" in message and "8 MB" not in message
+    assert "text form field" in message and "1399 KB" in message and "1 MB" not in message
 
 
 def test_413_for_too_many_parts_names_that_limit(client):

@@ -123,12 +123,20 @@ def _file_stream(field: str) -> tuple[IO[bytes], str]:
     return stream, safe_stem(upload.filename)
 
 
+def _text(name: str) -> str | None:
+    """A text field's value; empty or blank counts as not sent (form UIs such as Swagger UI send every field)."""
+    value = request.form.get(name)
+    return value if value is not None and value.strip() else None
+
+
 def _image_source() -> tuple[IO[bytes], str]:
     """Exactly one of file, image_url, image_file_b64 -> a seekable stream and a safe download stem."""
-    given = [name for name in SOURCE_FIELDS if name in request.files or name in request.form]
+    given = [name for name in SOURCE_FIELDS if name in request.files or _text(name) is not None]
     if not given:
+        blank = [name for name in SOURCE_FIELDS if name in request.form]
+        what = f"'{blank[0]}' is empty" if blank else "no image"
         raise BadRequest(
-            "no image: send one of 'file' (multipart upload, e.g. curl -F file=@photo.jpg), "
+            f"{what}: send one of 'file' (multipart upload, e.g. curl -F file=@photo.jpg), "
             "'image_url' (an http(s) URL) or 'image_file_b64' (base64 or a data: URL)"
         )
     if len(given) > 1:
@@ -136,8 +144,6 @@ def _image_source() -> tuple[IO[bytes], str]:
     config = _config()
     if given[0] == "image_url":
         url = request.form["image_url"].strip()
-        if not url:
-            raise BadRequest("image_url is empty; give an http:// or https:// URL of the image")
         return image_source.fetch(url, config), safe_stem(image_source.url_filename(url))
     if given[0] == "image_file_b64":
         return image_source.decode_base64(request.form["image_file_b64"], config.max_content_length,
@@ -147,7 +153,7 @@ def _image_source() -> tuple[IO[bytes], str]:
 
 def _color_field() -> str | None:
     """`color`, or remove.bg's name for it, `bg_color` (not both)."""
-    color, bg_color = request.form.get("color"), request.form.get("bg_color")
+    color, bg_color = _text("color"), _text("bg_color")
     if color is not None and bg_color is not None:
         raise BadRequest("send color or bg_color (the same field under remove.bg's name), not both")
     return bg_color if color is None else color
@@ -156,8 +162,8 @@ def _color_field() -> str | None:
 def _options() -> pipeline.Options:
     form = request.form
     crop = pipeline.parse_bool("crop", form.get("crop"))
-    crop_margin = form.get("crop_margin")
-    if crop_margin is not None and crop_margin.strip() and not crop:
+    crop_margin = _text("crop_margin")
+    if crop_margin is not None and not crop:
         raise BadRequest("crop_margin only applies with crop=true; add crop=true or leave crop_margin out")
     return pipeline.Options(
         fmt=pipeline.parse_format(form.get("format")),
