@@ -23,7 +23,6 @@ import argparse
 import io
 import json
 import os
-import statistics
 import sys
 import threading
 import time

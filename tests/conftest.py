@@ -2,13 +2,20 @@
 from __future__ import annotations
 
 import io
+import os
+import signal
+import socket
+import subprocess
+import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 import onnx
 import pytest
+import requests
 from flask import Flask
 from flask.testing import FlaskClient
 from onnx import TensorProto, helper
@@ -17,6 +24,7 @@ from PIL import Image
 from app import create_app
 from app.services.isnet_tiny_service import IsnetTinyService
 
+ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures"
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
@@ -105,3 +113,54 @@ def wait_for_state(client: FlaskClient, wanted: set[str], seconds: float = 120) 
             return info
         time.sleep(0.1)
     raise AssertionError(f"state never reached {wanted}: {info}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def gunicorn(home: Path, **env: str | None) -> Iterator[tuple[str, subprocess.Popen, Path]]:
+    """The production command (gunicorn -c gunicorn.conf.py) in a child process; yields (base URL, process, log).
+
+    Folders, $HOME (gunicorn's control socket) and the log live in `home`; BG_MODEL and MODEL_PATH are
+    unset, so it serves the bundled u2netp. `env` overrides; a value of None unsets the variable.
+    """
+    port = free_port()
+    settings: dict[str, str | None] = {
+        **os.environ, "BG_MODEL": None, "MODEL_PATH": None, "PORT": str(port), "HOME": str(home),
+        "MODEL_DIR": str(home / "models"), "UPLOAD_FOLDER": str(home / "up"), "PROCESSED_FOLDER": str(home / "out"),
+        **env,
+    }
+    log = home / "gunicorn.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app_isnet_tiny:app"], cwd=ROOT,
+            env={key: value for key, value in settings.items() if value is not None},
+            stdout=out, stderr=subprocess.STDOUT,
+        )
+    try:
+        yield f"http://127.0.0.1:{port}", process, log
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def wait_healthy(base: str, process: subprocess.Popen, log: Path, seconds: float = 60) -> requests.Response:
+    """Poll /api/bg/health until it answers 200; a busy machine may refuse or answer slowly at first."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            response = requests.get(f"{base}/api/bg/health", timeout=5)
+            if response.status_code == 200:
+                return response
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("server did not become healthy: " + log.read_text(errors="replace")[-2000:])

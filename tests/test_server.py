@@ -2,56 +2,19 @@
 from __future__ import annotations
 
 import io
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 from typing import Iterator
 
 import pytest
 import requests
 from PIL import Image
 
-from tests.conftest import FIXTURES
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
+from tests.conftest import FIXTURES, gunicorn, wait_healthy
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    home = tmp_path_factory.mktemp("server")
-    env = {**os.environ, "PORT": str(port), "MODEL_DIR": str(home / "models"),
-           "UPLOAD_FOLDER": str(home / "up"), "PROCESSED_FOLDER": str(home / "out")}
-    env.pop("BG_MODEL", None)
-    env.pop("MODEL_PATH", None)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app_isnet_tiny:app"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"{base}/api/bg/health", timeout=1).status_code == 200:
-                break
-        except requests.ConnectionError:
-            time.sleep(0.2)
-    else:
-        process.kill()
-        pytest.fail("server did not start: " + process.stdout.read().decode(errors="replace")[-2000:])
-    yield base
-    process.send_signal(signal.SIGTERM)
-    process.wait(timeout=30)
+    with gunicorn(tmp_path_factory.mktemp("server")) as (base, process, log):
+        wait_healthy(base, process, log)
+        yield base
 
 
 def test_curl_like_upload(server: str):

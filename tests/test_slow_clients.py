@@ -7,21 +7,15 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import signal
 import socket
-import subprocess
-import sys
 import threading
-import time
 from typing import Iterator
 
 import pytest
 import requests
 from PIL import Image
 
-from tests.conftest import image_bytes, photo
-from tests.test_server import ROOT, free_port
+from tests.conftest import gunicorn, image_bytes, photo, wait_healthy
 
 SLOW_EACH = 8  # x 3 kinds = 24 connections, twice gunicorn.conf.py's 12 threads
 
@@ -29,30 +23,9 @@ SLOW_EACH = 8  # x 3 kinds = 24 connections, twice gunicorn.conf.py's 12 threads
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """gunicorn with gunicorn.conf.py in a child process (the bundled u2netp; the model is not the point)."""
-    port = free_port()
-    home = tmp_path_factory.mktemp("slow-server")
-    env = {**os.environ, "PORT": str(port), "MODEL_DIR": str(home / "models"),
-           "UPLOAD_FOLDER": str(home / "up"), "PROCESSED_FOLDER": str(home / "out"), "HOME": str(home)}
-    env.pop("BG_MODEL", None)
-    env.pop("MODEL_PATH", None)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app_isnet_tiny:app"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"{base}/api/bg/health", timeout=5).status_code == 200:
-                break
-        except requests.RequestException:
-            time.sleep(0.2)
-    else:
-        process.kill()
-        pytest.fail("server did not start: " + process.stdout.read().decode(errors="replace")[-2000:])
-    yield base
-    process.send_signal(signal.SIGTERM)
-    process.wait(timeout=30)
+    with gunicorn(tmp_path_factory.mktemp("slow-server")) as (base, process, log):
+        wait_healthy(base, process, log)
+        yield base
 
 
 def _port(base: str) -> int:

@@ -2,8 +2,6 @@
 and serving without the build-only packages (onnx, protobuf) that the image leaves out."""
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -19,10 +17,8 @@ from flask.testing import FlaskClient
 
 from app.services import isnet_tiny_service, model_prepare, model_store
 from app.services.model_store import ModelUnavailable
-from tests.conftest import tiny_onnx
+from tests.conftest import ROOT, free_port, gunicorn, tiny_onnx
 from tests.test_deploy import DOCKERFILE, parse_dockerfile
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def health_until(client: FlaskClient, status: int, seconds: float = 20) -> dict:
@@ -113,10 +109,6 @@ def test_a_model_that_needs_onnx_to_build_fails_with_the_command(make_app: Calla
     assert "requirements-build.txt" in body["error"]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_download_failure_names_isnet_source(tmp_path: Path):
@@ -168,24 +160,16 @@ def test_gunicorn_starts_quietly_with_the_image_settings(tmp_path: Path):
     """gunicorn.conf.py + the image's ENV, with an unwritable $HOME like the image user's: the first
     health 200 comes with the model ready, and the log has no ERROR, traceback or onnxruntime warning."""
     image_env = runtime_env()
-    port = free_port()
-    unset = ("BG_MODEL", "MODEL_PATH", "XDG_RUNTIME_DIR", "XDG_CACHE_HOME")
-    env = {key: value for key, value in os.environ.items() if key not in unset}
-    env.update({key: image_env[key] for key in ("PRELOAD_MODEL", "ORT_DISABLE_TELEMETRY", "MALLOC_ARENA_MAX",
-                                                "PYTHONUNBUFFERED", "FLASK_ENV")})
-    env.update({"PORT": str(port), "HOME": "/proc/nonexistent",
-                "MODEL_DIR": str(tmp_path), "UPLOAD_FOLDER": str(tmp_path), "PROCESSED_FOLDER": str(tmp_path)})
-    log = tmp_path / "gunicorn.log"
-    with log.open("w") as out:
-        process = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app_isnet_tiny:app"],
-                                   cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
+    settings = {key: image_env[key] for key in ("PRELOAD_MODEL", "ORT_DISABLE_TELEMETRY", "MALLOC_ARENA_MAX",
+                                                "PYTHONUNBUFFERED", "FLASK_ENV")}
+    with gunicorn(tmp_path, HOME="/proc/nonexistent", XDG_RUNTIME_DIR=None, XDG_CACHE_HOME=None,
+                  **settings) as (base, process, log):
         first: requests.Response | None = None
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and process.poll() is None:
             try:
-                response = requests.get(f"http://127.0.0.1:{port}/api/bg/health", timeout=2)
-            except requests.ConnectionError:
+                response = requests.get(f"{base}/api/bg/health", timeout=5)
+            except requests.RequestException:
                 time.sleep(0.1)
                 continue
             assert response.status_code in (200, 503), response.text
@@ -195,9 +179,6 @@ def test_gunicorn_starts_quietly_with_the_image_settings(tmp_path: Path):
             time.sleep(0.1)
         assert first is not None, log.read_text()[-2000:]
         assert first.json()["model_state"] == "ready" and first.json()["model_loaded"] is True
-    finally:
-        process.terminate()
-        process.wait(timeout=40)
     text = log.read_text()
     assert "Booting worker" in text
     bad = [line for line in text.splitlines() if "ERROR" in line or "Traceback" in line or ":onnxruntime:" in line]
