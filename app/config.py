@@ -9,6 +9,7 @@ from typing import Mapping, TypeVar
 
 from platformdirs import user_cache_dir
 
+from app.cpus import available_cpus
 from app.services.model_store import CATALOGUE, REMBG_RELEASES
 
 DEFAULT_SECRET_KEY = "pixport-dev-secret-change-me"
@@ -36,6 +37,17 @@ def _number(env: Mapping[str, str], name: str, default: N, low: N, high: N) -> N
     if not low <= value <= high:
         raise ConfigError(f"{name}={value} is out of range ({low}..{high})")
     return value
+
+
+def _threads(env: Mapping[str, str]) -> int:
+    """ORT_THREADS: a whole number, or `auto` for the CPUs this process may use (app.cpus)."""
+    raw = env.get("ORT_THREADS", "").strip()
+    if raw.lower() == "auto":
+        return min(available_cpus(), 64)
+    try:
+        return _number(env, "ORT_THREADS", 1, 1, 64)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}; use a number of threads or auto") from None
 
 
 def _dir(env: Mapping[str, str], name: str, default: Path) -> Path:
@@ -119,7 +131,7 @@ class Config:
             bg_model=bg_model,
             isnet_source=isnet_source,
             model_base_url=_url(env, "MODEL_BASE_URL", REMBG_RELEASES),
-            ort_threads=_number(env, "ORT_THREADS", 1, 1, 64),
+            ort_threads=_threads(env),
             max_file_size_mb=_number(env, "MAX_FILE_SIZE_MB", 8, 1, 100),
             max_dimension=_number(env, "MAX_DIMENSION", 1024, 64, 8192),
             max_pixels=_number(env, "MAX_PIXELS", 40_000_000, 1_000_000, 400_000_000),
