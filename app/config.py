@@ -86,6 +86,7 @@ class Config:
     model_base_url: str = REMBG_RELEASES
     isnet_source: Path | None = None
     ort_threads: int = 1
+    ort_arena: bool = False
     max_file_size_mb: int = 8
     max_dimension: int = 1024
     max_pixels: int = 40_000_000
@@ -117,6 +118,9 @@ class Config:
         flask_env = env.get("FLASK_ENV", "").strip().lower() or "production"
         if flask_env not in ("production", "development", "testing"):
             raise ConfigError(f"FLASK_ENV={flask_env!r} must be production, development or testing")
+        arena_raw = env.get("ORT_ARENA", "").strip().lower()
+        if arena_raw not in ("", "0", "1", "true", "false", "yes", "no"):
+            raise ConfigError(f"ORT_ARENA={arena_raw!r} must be 1 or 0")
         metrics_raw = env.get("METRICS", "").strip().lower()
         if metrics_raw not in ("", "0", "1", "true", "false", "yes", "no"):
             raise ConfigError(f"METRICS={metrics_raw!r} must be 1 or 0")
@@ -132,6 +136,7 @@ class Config:
             isnet_source=isnet_source,
             model_base_url=_url(env, "MODEL_BASE_URL", REMBG_RELEASES),
             ort_threads=_threads(env),
+            ort_arena=arena_raw in ("1", "true", "yes"),
             max_file_size_mb=_number(env, "MAX_FILE_SIZE_MB", 8, 1, 100),
             max_dimension=_number(env, "MAX_DIMENSION", 1024, 64, 8192),
             max_pixels=_number(env, "MAX_PIXELS", 40_000_000, 1_000_000, 400_000_000),
