@@ -119,6 +119,7 @@ def release_memory_to_os() -> None:
 
 # The NCHWc re-layout's reorder buffers cost 8 MB of peak on u2netp and 33 MB on isnet-general-tiny
 # for no clear speed-up once buffer reuse is off (bench/README.md); memory is the budget that matters.
+# With the arena (speed first) it stays on: fp32 u2netp runs ~20 % faster with it, int8 IS-Net the same.
 DISABLED_OPTIMIZERS = ["NchwcTransformer"]
 
 
@@ -129,8 +130,9 @@ def create_session(path: str, threads: int, arena: bool = False) -> ort.Inferenc
     measurements): without them every tensor is freed as soon as its last consumer has run, and with
     glibc's mmap threshold lowered (tune_malloc) that memory goes straight back to the OS. The price is
     a fresh, zeroed mapping for every activation. `arena` (ORT_ARENA=1) trades memory for speed: the
-    CPU arena and buffer reuse recycle those mappings within a run (isnet-general-tiny about 25 %
-    faster, 75 MB more peak); run_options() then shrinks the arena back after every run.
+    CPU arena, buffer reuse and the NCHWc layout recycle those mappings within a run
+    (isnet-general-tiny ~25-40 % faster for ~75 MB more peak, u2netp ~2x for ~180 MB; bench/README.md),
+    and run_options() shrinks the arena back after every run.
     """
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -142,7 +144,8 @@ def create_session(path: str, threads: int, arena: bool = False) -> ort.Inferenc
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
     return ort.InferenceSession(
-        path, sess_options=options, providers=["CPUExecutionProvider"], disabled_optimizers=DISABLED_OPTIMIZERS
+        path, sess_options=options, providers=["CPUExecutionProvider"],
+        disabled_optimizers=[] if arena else DISABLED_OPTIMIZERS,
     )
 
 
