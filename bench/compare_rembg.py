@@ -1,7 +1,7 @@
 """Side by side with rembg 2.0.86's own server: our two models (as deployed) against rembg's u2netp.
 
     .venv/bin/python bench/compare_rembg.py [--rounds 5] [--clients 8] [--load-seconds 45]
-        [--model-dir DIR] [--rembg-venv DIR] [--ort-threads N|auto] [--json OUT]
+        [--model-dir DIR] [--rembg-venv DIR] [--set KEY=VALUE ...] [--ports 5900-5999] [--json OUT]
 
 1. rembg goes into its own virtualenv (`rembg[cpu,cli]==2.0.86`), created under a temp dir unless
    --rembg-venv names an existing one (created there if missing). Never in the project's requirements.
@@ -105,6 +105,7 @@ class Target:
     health: str
     reference: str  # which fixture masks score it: u2netp or isnet
     latencies: list[float] = field(default_factory=list)
+    inference: list[float] = field(default_factory=list)  # ours: the service's own last_seconds per upload
     ious: list[float] = field(default_factory=list)
     result: dict[str, object] = field(default_factory=dict)
 
@@ -127,6 +128,11 @@ def next_port() -> int:
     raise SystemExit("no free port left in --ports")
 
 
+def sha256_of(model_dir: Path, model: str) -> str:
+    path = common.bundled_u2netp() if model == "u2netp" else model_dir / f"{model}.onnx"
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+
+
 def tree(pid: int) -> list[int]:
     pids, todo = [], [pid]
     while todo:
@@ -141,15 +147,14 @@ def tree_hwm_mb(pid: int) -> float:
     return round(sum(common.proc_mb(p, "VmHWM") or 0.0 for p in tree(pid)), 1)
 
 
-def ours(model: str, model_dir: Path, docker_env: dict[str, str], threads: str | None) -> Target:
+def ours(model: str, model_dir: Path, docker_env: dict[str, str], overrides: dict[str, str]) -> Target:
     port = next_port()
     work = Path(tempfile.mkdtemp(prefix=f"bench-ours-{model}-"))
     env = common.base_env(port, work)
     env.pop("GLIBC_TUNABLES", None)
     env.update({k: v for k, v in docker_env.items() if k not in NOT_FROM_DOCKERFILE})
     env.update(BG_MODEL=model, MODEL_DIR=str(model_dir))
-    if threads is not None:
-        env["ORT_THREADS"] = threads
+    env.update(overrides)
     argv = [str(common.VENV_BIN / "gunicorn"), *common.GUNICORN_APP]
     server = common.Server(f"ours {model}", argv, env, port, work / "server.log", work / "uploads", work / "processed")
     return Target(f"ours, {model}", server, "/api/bg/remove", {}, "/api/bg/health", model)
@@ -220,6 +225,9 @@ def sequential(targets: list[Target], photos: list[Path], rounds: int) -> None:
                 if response.status_code != 200:
                     raise SystemExit(f"{target.label}: {photo.name} -> {response.status_code} {response.text[:200]}")
                 target.latencies.append(elapsed)
+                if target.url == "/api/bg/remove":
+                    status = sessions[id(target)].get(target.server.base + "/api/bg/status", timeout=10).json()
+                    target.inference.append(status["inference"]["last_seconds"])
                 iou = alpha_iou(response.content, photo, target.reference)
                 if iou is not None:
                     target.ious.append(iou)
@@ -285,8 +293,8 @@ def main() -> int:
                         help="holds isnet-general-tiny.onnx (default: MODEL_DIR, else /tmp/bench-models)")
     parser.add_argument("--rembg-venv", type=Path, default=None,
                         help="reuse (or create) rembg's virtualenv here instead of a fresh temp dir")
-    parser.add_argument("--ort-threads", default=None,
-                        help="override ORT_THREADS for our servers (default: the Dockerfile's, else the service's)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra environment for our servers on top of the Dockerfile's (e.g. ORT_THREADS=1, ORT_ARENA=1)")
     parser.add_argument("--ports", default="5900-5999", help="port range for the three servers (default 5900-5999)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -304,12 +312,12 @@ def main() -> int:
     photos = common.fixture_images()
 
     theirs = rembg(bin_dir, home)
-    our_u2netp = ours("u2netp", model_dir, docker_env, args.ort_threads)
-    our_tiny = ours("isnet-general-tiny", model_dir, docker_env, args.ort_threads)
+    overrides = dict(item.split("=", 1) for item in args.set)
+    our_u2netp = ours("u2netp", model_dir, docker_env, overrides)
+    our_tiny = ours("isnet-general-tiny", model_dir, docker_env, overrides)
     targets = [theirs, our_u2netp, our_tiny]
     env_shown = {k: v for k, v in docker_env.items() if k not in NOT_FROM_DOCKERFILE}
-    if args.ort_threads is not None:
-        env_shown["ORT_THREADS"] = args.ort_threads
+    env_shown.update(overrides)
     print(f"machine: {json.dumps(common.machine())}")
     print(f"command: {common.command_line()}")
     print(f"our servers: gunicorn -c gunicorn.conf.py app_isnet_tiny:app with {env_shown}")
@@ -319,6 +327,10 @@ def main() -> int:
             start(target)
         for target in targets:
             wait_ready(target)
+        for target in targets[1:]:
+            status = requests.get(target.server.base + "/api/bg/status", timeout=10).json()
+            print(f"{target.label}: ORT threads {status['inference']['threads']}, "
+                  f"model file sha256 {sha256_of(Path(target.server.env['MODEL_DIR']), target.reference)}", flush=True)
         sequential(targets, photos, args.rounds)
         for target in targets:
             target.result["peak_seq_mb"] = tree_hwm_mb(target.server.master)
@@ -335,7 +347,7 @@ def main() -> int:
     if args.json:
         args.json.write_text(json.dumps({
             "machine": common.machine(), "command": common.command_line(), "env": env_shown,
-            "servers": {t.label: {**t.result, "latencies": t.latencies, "ious": t.ious,
+            "servers": {t.label: {**t.result, "latencies": t.latencies, "inference_s": t.inference, "ious": t.ious,
                                   "ready_s": t.server.ready_s} for t in targets},
         }, indent=2))
     return 0
@@ -344,15 +356,17 @@ def main() -> int:
 def report(targets: list[Target], args: argparse.Namespace) -> None:
     base = statistics.median(targets[0].latencies)
     print(f"| server | median s | p95 s | median vs rembg u2netp | peak RSS sequential (MB) | "
-          f"peak RSS {args.clients} clients (MB) | cutouts/min, {args.clients} clients | p50 s under load | IoU mean / min |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          f"peak RSS {args.clients} clients (MB) | cutouts/min, {args.clients} clients | p50 s under load | IoU mean / min | "
+          f"median inference s (server side) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for target in targets:
         median = statistics.median(target.latencies)
         loaded = target.result.get("load") or {}
         iou = (f"{statistics.mean(target.ious):.4f} / {min(target.ious):.4f}" if target.ious else "-")
         print(f"| {target.label} | {median:.3f} | {p95(target.latencies):.3f} | {median / base:.2f}x | "
               f"{target.result.get('peak_seq_mb', '-')} | {target.result.get('peak_load_mb', '-')} | "
-              f"{loaded.get('cutouts_per_min', '-')} | {loaded.get('p50_s', '-')} | {iou} |")
+              f"{loaded.get('cutouts_per_min', '-')} | {loaded.get('p50_s', '-')} | {iou} | "
+              f"{f'{statistics.median(target.inference):.3f}' if target.inference else '-'} |")
     for target in targets:
         loaded = target.result.get("load")
         if loaded and set(loaded["codes"]) - {200}:  # type: ignore[index]
