@@ -6,7 +6,7 @@ VARIANTS.json maps a label to {"model": path, "threads": 1, "arena": false, "reu
 "pattern": false, "nchwc": false, "shrink": false (arena shrinkage run option), "thp": false
 (GLIBC_TUNABLES=glibc.malloc.hugetlb=1 for the child), "tune": true (the service's tune_malloc),
 "envarena": null | 0 | 1 (a shared env arena, 1 = kSameAsRequested), "config": {session config entries},
-"runs": 3}. Reported: median of runs 2.. over all rounds, max VmHWM, RSS after the session.
+"runs": 3, "sleep": 0 (seconds idle before each run, as a server between requests)}. Reported: median of runs 2.. over all rounds, max VmHWM, RSS after the session.
 See bench/variants/ for the files behind bench/README.md's issue-9 tables; their model paths use
 $MODEL_DIR (the uint8-Resize build), $OLD_MODEL_DIR (the 8a267de9 build) and $U2NETP (the bundled file).
 """
@@ -43,6 +43,7 @@ if v.get("shrink"):
     ro = ort.RunOptions(); ro.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
 after = rss_mb(); times = []
 for _ in range(v.get("runs", 3)):
+    time.sleep(v.get("sleep", 0))
     t = time.perf_counter(); s.run([s.get_outputs()[0].name], feed, ro); times.append(time.perf_counter() - t)
 print(json.dumps({"session_mb": round(after), "peak_mb": round(peak_rss_mb()), "end_mb": round(rss_mb()), "times": [round(x, 3) for x in times]}))
 '''
