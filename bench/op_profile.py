@@ -5,6 +5,7 @@
 import sys, json, collections, numpy as np, onnxruntime as ort, onnx
 o = ort.SessionOptions(); o.intra_op_num_threads = 1; o.enable_profiling = True
 o.enable_cpu_mem_arena = False; o.enable_mem_pattern = False; o.enable_mem_reuse = False
+o.profile_file_prefix = "/tmp/op_profile"
 o.optimized_model_filepath = "/tmp/op_profile.optimised.onnx"
 s = ort.InferenceSession(sys.argv[1], o, providers=["CPUExecutionProvider"], disabled_optimizers=["NchwcTransformer"])
 size = s.get_inputs()[0].shape[-1]
@@ -12,6 +13,7 @@ x = np.random.default_rng(0).random((1, 3, size, size), dtype=np.float32)
 s.run(None, {s.get_inputs()[0].name: x}); s.run(None, {s.get_inputs()[0].name: x})
 p = s.end_profiling()
 ev = json.load(open(p))
+import os; os.unlink(p)
 runs = [e for e in ev if e.get("name") == "model_run"]
 last_start = runs[-1]["ts"]
 agg = collections.Counter()
