@@ -10,6 +10,7 @@ from typing import Mapping, TypeVar
 
 from platformdirs import user_cache_dir
 
+from app.cpus import available_cpus
 from app.services.model_store import CATALOGUE, REMBG_RELEASES
 
 ALLOWED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP")
@@ -36,6 +37,17 @@ def _number(env: Mapping[str, str], name: str, default: N, low: N, high: N) -> N
     if not low <= value <= high:
         raise ConfigError(f"{name}={value} is out of range ({low}..{high})")
     return value
+
+
+def _threads(env: Mapping[str, str]) -> int:
+    """ORT_THREADS: a whole number, or `auto` for the CPUs this process may use (app.cpus)."""
+    raw = env.get("ORT_THREADS", "").strip()
+    if raw.lower() == "auto":
+        return min(available_cpus(), 64)
+    try:
+        return _number(env, "ORT_THREADS", 1, 1, 64)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}; use a number of threads or auto") from None
 
 
 def _dir(env: Mapping[str, str], name: str, default: Path) -> Path:
@@ -105,6 +117,7 @@ class Config:
     model_base_url: str = REMBG_RELEASES
     isnet_source: Path | None = None
     ort_threads: int = 1
+    ort_arena: bool = False
     max_file_size_mb: int = 8
     max_dimension: int = 1024
     max_pixels: int = 40_000_000
@@ -156,6 +169,9 @@ class Config:
         flask_env = env.get("FLASK_ENV", "").strip().lower() or "production"
         if flask_env not in ("production", "development", "testing"):
             raise ConfigError(f"FLASK_ENV={flask_env!r} must be production, development or testing")
+        arena_raw = env.get("ORT_ARENA", "").strip().lower()
+        if arena_raw not in ("", "0", "1", "true", "false", "yes", "no"):
+            raise ConfigError(f"ORT_ARENA={arena_raw!r} must be 1 or 0")
         metrics_raw = env.get("METRICS", "").strip().lower()
         if metrics_raw not in ("", "0", "1", "true", "false", "yes", "no"):
             raise ConfigError(f"METRICS={metrics_raw!r} must be 1 or 0")
@@ -169,7 +185,8 @@ class Config:
             bg_model=bg_model,
             isnet_source=isnet_source,
             model_base_url=_url(env, "MODEL_BASE_URL", REMBG_RELEASES),
-            ort_threads=_number(env, "ORT_THREADS", 1, 1, 64),
+            ort_threads=_threads(env),
+            ort_arena=arena_raw in ("1", "true", "yes"),
             max_file_size_mb=_number(env, "MAX_FILE_SIZE_MB", 8, 1, 100),
             max_dimension=_number(env, "MAX_DIMENSION", 1024, 64, 8192),
             max_pixels=_number(env, "MAX_PIXELS", 40_000_000, 1_000_000, 400_000_000),

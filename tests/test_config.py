@@ -48,3 +48,13 @@ def test_unwritable_dir_is_refused(tmp_path: Path):
     blocker.write_text("not a dir")
     with pytest.raises(ConfigError, match="MODEL_DIR"):
         Config.from_env({"MODEL_DIR": str(blocker / "sub")})
+
+
+@pytest.mark.parametrize("raw, expected", [("", False), ("0", False), ("1", True), ("true", True), ("no", False)])
+def test_ort_arena(tmp_path: Path, raw: str, expected: bool):
+    assert Config.from_env({"MODEL_DIR": str(tmp_path), "ORT_ARENA": raw}).ort_arena is expected
+
+
+def test_ort_arena_rejects_junk(tmp_path: Path):
+    with pytest.raises(ConfigError, match="ORT_ARENA"):
+        Config.from_env({"MODEL_DIR": str(tmp_path), "ORT_ARENA": "fast"})

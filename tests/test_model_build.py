@@ -17,6 +17,7 @@ from app.services.model_build import (
     CALIBRATION_DIR,
     ModelBuildError,
     build_isnet_tiny,
+    integer_resize,
     calibration_images,
     load_source,
     preprocess,
@@ -217,3 +218,56 @@ def test_build_from_real_isnet(tmp_path: Path) -> None:
     assert len(model.graph.output) == 1
     assert dest.stat().st_size < 60_000_000
     assert sidecar_of(dest).read_text().strip() == digest
+
+
+def _qdq_resize(out_scale: float) -> onnx.ModelProto:
+    """input -> Q -> DQ -> Resize (linear, x2) -> Q(out_scale) -> DQ -> output."""
+    inits = [
+        numpy_helper.from_array(np.array(0.02, np.float32), "s_in"),
+        numpy_helper.from_array(np.array(3, np.uint8), "z_in"),
+        numpy_helper.from_array(np.array(out_scale, np.float32), "s_out"),
+        numpy_helper.from_array(np.array(3, np.uint8), "z_out"),
+        numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["input", "s_in", "z_in"], ["q0"], name="q0"),
+        helper.make_node("DequantizeLinear", ["q0", "s_in", "z_in"], ["dq0"], name="dq0"),
+        helper.make_node("Resize", ["dq0", "", "scales"], ["up"], name="resize", mode="linear",
+                         coordinate_transformation_mode="half_pixel"),
+        helper.make_node("QuantizeLinear", ["up", "s_out", "z_out"], ["q1"], name="q1"),
+        helper.make_node("DequantizeLinear", ["q1", "s_out", "z_out"], ["output"], name="dq1"),
+    ]
+    graph = helper.make_graph(
+        nodes, "qdq_resize",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4, 8, 8])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 4, 16, 16])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_integer_resize_runs_resize_on_uint8_and_matches_within_rounding() -> None:
+    x = np.random.default_rng(1).random((1, 4, 8, 8), dtype=np.float32) * 4
+    model = _qdq_resize(0.02)
+    want = _run(model.SerializeToString(), x)
+    rewritten = integer_resize(onnx.ModelProto.FromString(model.SerializeToString()))
+    onnx.checker.check_model(rewritten)
+    resize = next(n for n in rewritten.graph.node if n.op_type == "Resize")
+    assert resize.input[0] == "q0"  # the uint8 tensor, no DequantizeLinear in between
+    assert [n.op_type for n in rewritten.graph.node].count("QuantizeLinear") == 1
+    got = _run(rewritten.SerializeToString(), x)
+    assert np.abs(got - want).max() <= 0.02 + 1e-6  # at most one quantisation step of rounding
+
+
+def test_integer_resize_leaves_differently_quantised_resize_alone() -> None:
+    model = _qdq_resize(0.05)
+    rewritten = integer_resize(onnx.ModelProto.FromString(model.SerializeToString()))
+    assert [n.op_type for n in rewritten.graph.node] == [n.op_type for n in model.graph.node]
+
+
+def test_build_has_no_float_resize_between_equal_qdq(built: dict) -> None:
+    _, dest, _ = built["fp32"]
+    model = onnx.load(str(dest))
+    producers = {o: n for n in model.graph.node for o in n.output}
+    resizes = [n for n in model.graph.node if n.op_type == "Resize"]
+    quantised = [n for n in resizes if producers.get(n.input[0]) is not None
+                 and producers[n.input[0]].op_type == "QuantizeLinear"]
+    assert quantised, "the tiny graph's inner Resize should run on uint8"

@@ -140,3 +140,19 @@ def test_public_reasons_name_no_server_paths():
     assert without_paths("/root/.cache/x/u2netp.onnx failed its sha256 check") == "u2netp.onnx failed its sha256 check"
     url = "download of u2netp from https://mirror.example/models/u2netp.onnx failed"
     assert without_paths(url) == url
+
+
+def test_arena_session_gives_the_same_mask(make_app, tmp_path: Path):
+    """ORT_ARENA=1 changes only where activations live, not the result."""
+    model = tiny_onnx(tmp_path / "own.onnx", size=32)
+    image = Image.new("RGB", (32, 32), (0, 0, 0))
+    image.paste((255, 255, 255), (0, 0, 16, 32))
+    masks = []
+    for arena in ("0", "1"):
+        app = make_app(MODEL_PATH=str(model), BG_MODEL="isnet-general-use", ORT_ARENA=arena)
+        service: IsnetTinyService = app.extensions["isnet_tiny"]
+        assert service.config.ort_arena is (arena == "1")
+        with service.slot():
+            masks.append(np.asarray(service.mask(image, (32, 32))))
+            masks.append(np.asarray(service.mask(image, (32, 32))))  # a second run after the arena shrank
+    assert all(np.array_equal(masks[0], mask) for mask in masks[1:])

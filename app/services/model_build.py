@@ -63,6 +63,9 @@ class Recipe:
     # (Entropy: 128 bins that grow with the data, Percentile: 2048).
     num_bins: int | None = None
     num_quantized_bins: int | None = None
+    # Run each Resize on the uint8 tensor itself when the DequantizeLinear before it and the
+    # QuantizeLinear after it share scale and zero point (integer_resize).
+    integer_resize: bool = True
 
 
 DEFAULT_RECIPE = Recipe()
@@ -364,9 +367,70 @@ def quantize(
             calibration_cache_path=str(calibration_cache) if calibration_cache else None,
         )
         q = onnx.load(str(out))
+    if recipe.integer_resize:
+        q = integer_resize(q)
     q.producer_name = "pixport-isnet-tiny-build"
     q.producer_version = "1"
     return q.SerializeToString()
+
+
+def integer_resize(model: onnx.ModelProto) -> onnx.ModelProto:
+    """DequantizeLinear -> Resize -> QuantizeLinear with one scale and zero point -> Resize on uint8.
+
+    onnxruntime drops such Q/DQ pairs around MaxPool or Transpose but keeps them around a linear
+    Resize, so IS-Net's 34 upsamplings each dequantise a feature map to float (4x its bytes), resize it
+    and quantise it again: about 18 % of isnet-general-tiny's time (bench/README.md). Bilinear
+    interpolation commutes with an affine map that both ends share, so running it on the integers
+    changes only the rounding. The graph is rewritten in place order, so the result is deterministic.
+    """
+    g = model.graph
+    consts = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    producers = {o: n for n in g.node for o in n.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in g.node:
+        for name in n.input:
+            consumers.setdefault(name, []).append(n)
+    graph_outputs = {o.name for o in g.output}
+    dropped: set[int] = set()
+    renamed: dict[str, str] = {}
+    for node in g.node:
+        if node.op_type != "Resize" or node.output[0] in graph_outputs:
+            continue
+        dq, after = producers.get(node.input[0]), consumers.get(node.output[0], [])
+        if dq is None or dq.op_type != "DequantizeLinear" or len(after) != 1 or after[0].op_type != "QuantizeLinear":
+            continue
+        q = after[0]
+        if q.output[0] in graph_outputs or not _same_quantisation(consts, dq, q):
+            continue
+        node.input[0] = dq.input[0]
+        renamed[q.output[0]] = node.output[0]
+        dropped.add(id(q))
+        if len(consumers[dq.output[0]]) == 1:
+            dropped.add(id(dq))
+    kept = [n for n in g.node if id(n) not in dropped]
+    for n in kept:
+        for i, name in enumerate(n.input):
+            if name in renamed:
+                n.input[i] = renamed[name]
+    used = {name for n in kept for name in n.input}
+    inits = [t for t in g.initializer if t.name in used]
+    del g.node[:]
+    g.node.extend(kept)
+    del g.initializer[:]
+    g.initializer.extend(inits)
+    del g.value_info[:]  # stale float types of the rewired tensors; onnxruntime infers them again
+    return model
+
+
+def _same_quantisation(consts: dict[str, np.ndarray], dq: onnx.NodeProto, q: onnx.NodeProto) -> bool:
+    """Both nodes have constant, identical scale and zero point (same dtype) and the same axis."""
+    if len(dq.input) < 3 or len(q.input) < 3 or any(name not in consts for name in (*dq.input[1:3], *q.input[1:3])):
+        return False
+    axis = [[a.i for a in n.attribute if a.name == "axis"] for n in (dq, q)]
+    dq_scale, dq_zero = consts[dq.input[1]], consts[dq.input[2]]
+    q_scale, q_zero = consts[q.input[1]], consts[q.input[2]]
+    return (axis[0] == axis[1] and dq_zero.dtype == q_zero.dtype and np.array_equal(dq_scale, q_scale)
+            and np.array_equal(dq_zero, q_zero))
 
 
 def _calibrate_to_cache(src: Path, reader: ImageCalibrationReader, recipe: Recipe, augmented: Path, cache: Path) -> None:
