@@ -38,9 +38,9 @@ def gated_load(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
     gate = threading.Event()
     real = isnet_tiny_service.create_session
 
-    def held(path: str, threads: int):
+    def held(*args: object, **kwargs: object):
         assert gate.wait(20), "the test never released the load"
-        return real(path, threads)
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(isnet_tiny_service, "create_session", held)
     return gate
