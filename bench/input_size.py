@@ -12,7 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT)); sys.path.insert(0, str(ROOT / "bench"))
 import common
-from app import imaging
+from app import imaging, model_io
 from app.services.model_store import CATALOGUE
 src, size = sys.argv[1], int(sys.argv[2])
 m = onnx.load(src)
@@ -41,9 +41,9 @@ ious, times = [], []
 for photo in common.fixture_images():
     im = Image.open(photo); im.load(); from PIL import ImageOps; im = ImageOps.exif_transpose(im).convert("RGB")
     out_size = imaging.scaled_size(im.size, 1024)
-    x = imaging.model_input(im.resize((size, size), Image.Resampling.LANCZOS), spec.mean, spec.std)
+    x = model_io.model_input(im.resize((size, size), Image.Resampling.LANCZOS), spec.mean, spec.std)
     t = time.perf_counter(); y = s.run(None, x if isinstance(x, dict) else {s.get_inputs()[0].name: x})[0]; times.append(time.perf_counter() - t)
-    mask = imaging.mask_from_output(np.asarray(y), out_size)
+    mask = model_io.mask_from_output(np.asarray(y), out_size)
     iou, mae = common.score(mask, common.reference_mask(photo, "isnet-general-tiny"))
     ious.append(iou); print(photo.name, round(iou, 4), round(times[-1], 3), flush=True)
 print(f"size {size}: IoU mean {statistics.mean(ious):.4f} min {min(ious):.4f}, median infer {statistics.median(times):.3f} s")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app import imaging
+from app import imaging, model_io
 from app.errors import CorruptImage, TooLarge, UnsupportedMedia
 from tests.conftest import image_bytes, photo
 
@@ -154,7 +154,7 @@ def test_refused_extensions(name):
 
 def test_model_input_matches_rembg_normalisation():
     rgb = Image.fromarray(np.array([[[0, 128, 255]]], dtype=np.uint8))
-    tensor = imaging.model_input(rgb, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    tensor = model_io.model_input(rgb, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     assert tensor.shape == (1, 3, 1, 1) and tensor.dtype == np.float32
     expected = (np.array([0, 128, 255]) / 255 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
     assert np.allclose(tensor.ravel(), expected, atol=1e-5)
@@ -162,10 +162,10 @@ def test_model_input_matches_rembg_normalisation():
 
 def test_mask_from_output_normalises_and_resizes():
     prediction = np.linspace(-3, 5, 16, dtype=np.float32).reshape(1, 1, 4, 4)
-    mask = imaging.mask_from_output(prediction, (8, 8))
+    mask = model_io.mask_from_output(prediction, (8, 8))
     assert mask.mode == "L" and mask.size == (8, 8)
     assert mask.getextrema()[0] <= 5 and mask.getextrema()[1] >= 250
-    flat = imaging.mask_from_output(np.zeros((1, 1, 4, 4), np.float32), (4, 4))
+    flat = model_io.mask_from_output(np.zeros((1, 1, 4, 4), np.float32), (4, 4))
     assert flat.getextrema() == (0, 0)
 
 

@@ -26,7 +26,7 @@ import psutil
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 from PIL import Image
 
-from app import imaging
+from app import model_io
 from app.config import Config
 from app.errors import Unavailable
 from app.services import model_store
@@ -377,11 +377,11 @@ class IsnetTinyService:
         if model_rgb.size != (self._input_size, self._input_size):
             model_rgb = model_rgb.resize((self._input_size, self._input_size), Image.Resampling.LANCZOS)
         started = time.monotonic()
-        tensor = imaging.model_input(model_rgb, spec.mean, spec.std)
+        tensor = model_io.model_input(model_rgb, spec.mean, spec.std)
         extra = (self._run_options,) if self._run_options is not None else ()
         prediction = session.run([self._output_name], {self._input_name: tensor}, *extra)[0]
         del tensor
-        mask = imaging.mask_from_output(np.asarray(prediction), size)
+        mask = model_io.mask_from_output(np.asarray(prediction), size)
         del prediction
         seconds = time.monotonic() - started
         self.stats.inferences += 1

@@ -27,7 +27,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from app.imaging import model_input
+from app.model_io import model_input
 from app.services.model_store import CATALOGUE, sidecar_of
 
 CALIBRATION_DIR = Path(__file__).resolve().parent.parent / "model_build_calibration"
