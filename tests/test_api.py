@@ -123,7 +123,7 @@ def test_health_and_status_before_and_after_first_request(client):
     status = client.get("/api/bg/status").get_json()
     assert status["model_info"]["state"] == "ready" and status["model_info"]["source"] == "bundled"
     assert status["memory"]["model_loaded"] is True and status["memory"]["rss_mb"] > 0
-    assert status["inference"]["count"] == 1
+    assert status["inference"] == {**status["inference"], "count": 1, "threads": 1, "arena": False}
     assert client.get("/api/bg/health").get_json()["model_loaded"] is True
 
 
