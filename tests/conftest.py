@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +21,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from onnx import TensorProto, helper
 from PIL import Image
+from werkzeug.serving import make_server
 
 from app import create_app
 from app.services.isnet_tiny_service import IsnetTinyService
@@ -164,3 +166,16 @@ def wait_healthy(base: str, process: subprocess.Popen, log: Path, seconds: float
             pass
         time.sleep(0.2)
     raise AssertionError("server did not become healthy: " + log.read_text(errors="replace")[-2000:])
+
+
+@contextmanager
+def served(app: Callable) -> Iterator[str]:
+    """A WSGI app on a free loopback port in a background thread; yields its base URL."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)

@@ -14,14 +14,13 @@ import html
 import re
 import shutil
 import tempfile
-import threading
 import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, served
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -37,7 +36,6 @@ from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
 from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
-from werkzeug.serving import make_server  # noqa: E402
 
 from app import create_app  # noqa: E402
 from app.services.isnet_tiny_service import IsnetTinyService  # noqa: E402
@@ -132,15 +130,10 @@ def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         (home / name).mkdir()
         env[var] = str(home / name)
     IsnetTinyService._instance = None
-    app = create_app(env)
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="browser-test-server", daemon=True)
-    thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_port}"
+        with served(create_app(env)) as url:
+            yield url
     finally:
-        server.shutdown()
-        thread.join(timeout=10)
         IsnetTinyService._instance = None
 
 

@@ -3,14 +3,12 @@ from __future__ import annotations
 
 import base64
 import shutil
-import threading
 
 import pytest
-from werkzeug.serving import make_server
 from werkzeug.wrappers import Response
 
 from app.config import Config, ConfigError
-from tests.conftest import image_bytes, photo, upload
+from tests.conftest import image_bytes, photo, served, upload
 
 PREFLIGHT = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST",
              "Access-Control-Request-Headers": "authorization, x-api-key, x-request-id"}
@@ -123,41 +121,36 @@ fetch(url, {method: 'POST', body: form, headers: {'X-API-Key': 'secret', 'X-Requ
 """
 
 
-def _serve(app) -> tuple[object, threading.Thread, str]:
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    return server, thread, f"http://127.0.0.1:{server.server_port}"
-
-
-@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="chromium and chromedriver are not installed")
-def test_a_browser_on_another_origin_can_call_the_api(make_app, tmp_path):
+def _cross_origin_results(make_app, tmp_path, other_url: str) -> dict[str, dict]:
+    """The same check twice: from other_url, once with it listed in CORS_ORIGINS and once without."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    page = Response("<!doctype html><title>other site</title>", mimetype="text/html")
-    other, other_thread, other_url = _serve(lambda environ, start: page(environ, start))
-    # Two runs of the same check: the listed origin succeeds, an unlisted one is blocked by the browser.
-    results = {}
+    results: dict[str, dict] = {}
     for allowed in (other_url, "https://not-this.example"):
-        api, api_thread, api_url = _serve(make_app(CORS_ORIGINS=allowed, API_KEY="secret"))
         options = webdriver.ChromeOptions()
         options.binary_location = CHROMIUM
         for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                      f"--user-data-dir={tmp_path / ('profile-' + str(len(results)))}"):
             options.add_argument(flag)
-        driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-        try:
-            driver.set_script_timeout(60)
-            driver.get(other_url + "/")
-            photo_b64 = base64.b64encode(image_bytes(photo(), "PNG")).decode()
-            results[allowed] = driver.execute_async_script(CROSS_ORIGIN_FETCH, api_url + "/api/bg/remove", photo_b64)
-        finally:
-            driver.quit()
-            api.shutdown()
-            api_thread.join(timeout=10)
-    other.shutdown()
-    other_thread.join(timeout=10)
+        with served(make_app(CORS_ORIGINS=allowed, API_KEY="secret")) as api_url:
+            driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+            try:
+                driver.set_script_timeout(60)
+                driver.get(other_url + "/")
+                photo_b64 = base64.b64encode(image_bytes(photo(), "PNG")).decode()
+                results[allowed] = driver.execute_async_script(CROSS_ORIGIN_FETCH, api_url + "/api/bg/remove",
+                                                               photo_b64)
+            finally:
+                driver.quit()
+    return results
+
+
+@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="chromium and chromedriver are not installed")
+def test_a_browser_on_another_origin_can_call_the_api(make_app, tmp_path):
+    page = Response("<!doctype html><title>other site</title>", mimetype="text/html")
+    with served(lambda environ, start: page(environ, start)) as other_url:
+        results = _cross_origin_results(make_app, tmp_path, other_url)
     ok = results[other_url]
     assert ok.get("status") == 200, ok
     assert ok["type"] == "image/png" and ok["size"] > 100

@@ -4,7 +4,6 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
-import threading
 import time
 from typing import Iterator
 
@@ -12,6 +11,7 @@ import pytest
 
 from app import create_app
 from app.services.isnet_tiny_service import IsnetTinyService
+from tests.conftest import served
 
 
 def test_page_loads_only_its_own_relative_assets(client):
@@ -54,26 +54,20 @@ CHROMEDRIVER = shutil.which("chromedriver")
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from werkzeug.serving import make_server
-
+def docs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     home = tmp_path_factory.mktemp("docs")
     IsnetTinyService._instance = None
     app = create_app({"FLASK_ENV": "testing", "MODEL_DIR": str(home / "m"), "UPLOAD_FOLDER": str(home / "u"),
                       "PROCESSED_FOLDER": str(home / "p")})
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_port}"
+        with served(app) as url:
+            yield url
     finally:
-        server.shutdown()
-        thread.join(timeout=10)
         IsnetTinyService._instance = None
 
 
 @pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="chromium and chromedriver are not installed")
-def test_swagger_ui_renders_in_a_browser_without_errors_or_third_party_requests(served: str):
+def test_swagger_ui_renders_in_a_browser_without_errors_or_third_party_requests(docs_server: str):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
@@ -87,14 +81,14 @@ def test_swagger_ui_renders_in_a_browser_without_errors_or_third_party_requests(
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
     try:
-        driver.get(served + "/docs/")
+        driver.get(docs_server + "/docs/")
         deadline = time.monotonic() + 30
         while not driver.find_elements(By.CSS_SELECTOR, ".opblock") and time.monotonic() < deadline:
             time.sleep(0.2)
         operations = {element.get_attribute("id") for element in driver.find_elements(By.CSS_SELECTOR, ".opblock")}
         assert {"operations-default-remove", "operations-default-changeColor"} <= operations
         resources = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
-        assert resources and all(url.startswith(served + "/") for url in resources), resources
+        assert resources and all(url.startswith(docs_server + "/") for url in resources), resources
         problems = [entry["message"] for entry in driver.get_log("browser") if entry["level"] in ("SEVERE", "WARNING")]
         assert not problems, problems  # a CSP violation would show here
     finally:
