@@ -345,6 +345,7 @@ def main() -> int:
             target.server.stop()
     report(targets, args)
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
             "machine": common.machine(), "command": common.command_line(), "env": env_shown,
             "servers": {t.label: {**t.result, "latencies": t.latencies, "inference_s": t.inference, "ious": t.ious,
