@@ -282,14 +282,16 @@ def service_server(label: str, model: str, model_dir: Path, threads: int | None,
 
 
 def naive_server(label: str, model: str, model_path: Path, threads: int | None) -> Server:
-    """bench/naive_server.py (default SessionOptions) under the same gunicorn settings file."""
+    """bench/naive_server.py (default SessionOptions) under the same gunicorn settings file, on gunicorn's
+    plain gthread worker: the baseline is a naive deployment, not our buffered front (app.front)."""
     port = free_port()
     work = Path(tempfile.mkdtemp(prefix=f"bench-{label}-"))
     env = base_env(port, work)
     env.update(NAIVE_MODEL=model, NAIVE_MODEL_PATH=str(model_path))
     if threads is not None:
         env["NAIVE_THREADS"] = str(threads)
-    argv = [str(VENV_BIN / "gunicorn"), "-c", "gunicorn.conf.py", "--pythonpath", str(BENCH), "naive_server:app"]
+    argv = [str(VENV_BIN / "gunicorn"), "-c", "gunicorn.conf.py", "--worker-class", "gthread",
+            "--pythonpath", str(BENCH), "naive_server:app"]
     return Server(label, argv, env, port, work / "server.log", work / "uploads", work / "processed")
 
 

@@ -312,7 +312,7 @@ def main() -> int:
     print(f"Command: `{cmd}`")
     threads = os.environ.get("GUNICORN_THREADS", "gunicorn.conf.py default")
     print("Server: `gunicorn -c gunicorn.conf.py app_isnet_tiny:app` "
-          f"({os.environ.get('WEB_CONCURRENCY', '1')} worker, gthread, {threads} threads), BG_MODEL={args.model}, ORT_THREADS={args.threads or 'default (1)'}\n")
+          f"({os.environ.get('WEB_CONCURRENCY', '1')} worker, gunicorn.conf.py's worker class, {threads} threads), BG_MODEL={args.model}, ORT_THREADS={args.threads or 'default (1)'}\n")
     print(table(r, args))
     for line in r["notes"] + [f"bad image: {b}" for b in r["bad_images"]]:
         print(f"- {line}")
