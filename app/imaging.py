@@ -138,7 +138,8 @@ def _webp_kind(stream: BinaryIO) -> str:
 
 
 def _needed_size(size: tuple[int, int], max_dimension: int, model_size: int | None) -> tuple[int, int]:
-    """The largest size, per axis, that the response or the model input needs from a raster of `size`."""
+    """The largest size, per axis, that the response or the model input needs from a raster of `size`
+    (also the JPEG draft size: the smallest decode that serves both)."""
     target = scaled_size(size, max_dimension)
     model = model_size or 0
     return max(target[0], min(size[0], model)), max(target[1], min(size[1], model))
@@ -179,7 +180,7 @@ def estimate_decode_bytes(image: Image.Image, max_dimension: int, model_size: in
     fmt = image.format or ""
     if fmt in ("JPEG", "MPO"):
         original = image.size
-        image.draft("RGB", _draft_size(original, max_dimension, model_size or 1))
+        image.draft("RGB", _needed_size(original, max_dimension, model_size))
         width, height = image.size
         extra = _progressive_jpeg_bytes(image, original)
     elif fmt == "WEBP":
@@ -317,11 +318,6 @@ def normalise_mode(image: Image.Image, peak: float | None = None) -> Image.Image
     return image.convert("RGB")  # CMYK (Pillow handles Adobe's inverted JPEGs), YCbCr, LAB...
 
 
-def _draft_size(size: tuple[int, int], max_dimension: int, model_size: int) -> tuple[int, int]:
-    """The smallest JPEG decode size that still serves both the response and the model input."""
-    return _needed_size(size, max_dimension, model_size)
-
-
 def _peak(image: Image.Image) -> float | None:
     if image.mode not in _SIXTEEN_BIT_MODES:
         return None
@@ -369,7 +365,7 @@ def _load_reduced(header: Header, max_dimension: int, model_size: int | None) ->
         image = Image.open(header.stream)
     image.seek(0)  # animated GIF/WebP, multi-page TIFF and MPO: the first picture
     if header.format == "JPEG":
-        image.draft("RGB", _draft_size(image.size, max_dimension, model_size or 1))
+        image.draft("RGB", _needed_size(image.size, max_dimension, model_size))
     image.load()
     orientation = _orientation(image, loaded=True) if header.format == "PNG" else header.orientation
     factor = _reduce_factor(image.size, _needed_size(image.size, max_dimension, model_size))
