@@ -97,7 +97,6 @@ def _origins(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return origins
 
 
-
 def base64_length(size: int) -> int:
     """Characters of base64 (with padding) that encode `size` bytes."""
     return (size + 2) // 3 * 4
@@ -169,12 +168,6 @@ class Config:
         flask_env = env.get("FLASK_ENV", "").strip().lower() or "production"
         if flask_env not in ("production", "development", "testing"):
             raise ConfigError(f"FLASK_ENV={flask_env!r} must be production, development or testing")
-        arena_raw = env.get("ORT_ARENA", "").strip().lower()
-        if arena_raw not in ("", "0", "1", "true", "false", "yes", "no"):
-            raise ConfigError(f"ORT_ARENA={arena_raw!r} must be 1 or 0")
-        metrics_raw = env.get("METRICS", "").strip().lower()
-        if metrics_raw not in ("", "0", "1", "true", "false", "yes", "no"):
-            raise ConfigError(f"METRICS={metrics_raw!r} must be 1 or 0")
         return cls(
             port=_number(env, "PORT", 5000, 1, 65535),
             flask_env=flask_env,
@@ -186,7 +179,7 @@ class Config:
             isnet_source=isnet_source,
             model_base_url=_url(env, "MODEL_BASE_URL", REMBG_RELEASES),
             ort_threads=_threads(env),
-            ort_arena=arena_raw in ("1", "true", "yes"),
+            ort_arena=_flag(env, "ORT_ARENA"),
             max_file_size_mb=_number(env, "MAX_FILE_SIZE_MB", 8, 1, 100),
             max_dimension=_number(env, "MAX_DIMENSION", 1024, 64, 8192),
             max_pixels=_number(env, "MAX_PIXELS", 40_000_000, 1_000_000, 400_000_000),
@@ -194,7 +187,7 @@ class Config:
             queue_timeout_s=_number(env, "QUEUE_TIMEOUT_S", 30.0, 0.0, 600.0),
             max_queue=_number(env, "MAX_QUEUE", 8, 0, 1000),
             api_key=env.get("API_KEY", "").strip() or None,
-            metrics=metrics_raw in ("1", "true", "yes"),
+            metrics=_flag(env, "METRICS"),
             preload_model=_flag(env, "PRELOAD_MODEL"),
             cors_origins=_origins(env, "CORS_ORIGINS"),
             image_url_allow_private=_flag(env, "IMAGE_URL_ALLOW_PRIVATE"),
