@@ -1,5 +1,5 @@
-"""Shared helpers for bench/run.py and bench/load.py: start a real server in a fresh process, find its
-gunicorn worker, read /proc memory figures, locate fixtures, and score masks against references.
+"""The helpers every kept benchmark shares: start a real server in a fresh process (Server: launch, wait,
+stop), find its gunicorn worker, read /proc memory figures, locate fixtures, and score masks against references.
 
 Nothing here imports the service: servers are separate processes started with the production command.
 """
@@ -188,12 +188,22 @@ class Server:
         return self.proc.pid
 
     def start(self, health_path: str = "/api/bg/health", timeout_s: float = 120.0) -> "Server":
+        """Launch and wait: one server. To start several at once, launch() each, then wait() for each."""
+        return self.launch().wait(health_path, timeout_s)
+
+    def launch(self) -> "Server":
+        """Start the process (in a new session, output to log_path) without waiting for it."""
         log = self.log_path.open("wb")
         self.started_at = time.monotonic()
         self.proc = subprocess.Popen(
             self.argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         log.close()
+        return self
+
+    def wait(self, health_path: str = "/api/bg/health", timeout_s: float = 120.0) -> "Server":
+        """Poll health_path until it answers 200 or 503 (stopping the server on timeout), then find the worker."""
+        assert self.proc is not None, "launch() first"
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
