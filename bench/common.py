@@ -277,32 +277,33 @@ def base_env(port: int, work: Path) -> dict[str, str]:
     return env
 
 
-def service_server(label: str, model: str, model_dir: Path, threads: int | None, model_path: Path | None = None) -> Server:
-    """Our service under the production command, BG_MODEL=model, MODEL_DIR=model_dir, fresh temp folders."""
+def _server(label: str, argv: list[str], settings: dict[str, str | None]) -> Server:
+    """A Server on a free port with fresh temp folders; settings (None values dropped) on top of base_env."""
     port = free_port()
     work = Path(tempfile.mkdtemp(prefix=f"bench-{label}-"))
     env = base_env(port, work)
-    env.update(BG_MODEL=model, MODEL_DIR=str(model_dir))
-    if threads is not None:
-        env["ORT_THREADS"] = str(threads)
-    if model_path is not None:
-        env["MODEL_PATH"] = str(model_path)
-    argv = [str(VENV_BIN / "gunicorn"), *GUNICORN_APP]
+    env.update({k: v for k, v in settings.items() if v is not None})
     return Server(label, argv, env, port, work / "server.log", work / "uploads", work / "processed")
+
+
+def service_server(label: str, model: str, model_dir: Path, threads: int | None, model_path: Path | None = None) -> Server:
+    """Our service under the production command, BG_MODEL=model, MODEL_DIR=model_dir, fresh temp folders."""
+    return _server(label, [str(VENV_BIN / "gunicorn"), *GUNICORN_APP], {
+        "BG_MODEL": model, "MODEL_DIR": str(model_dir),
+        "ORT_THREADS": None if threads is None else str(threads),
+        "MODEL_PATH": None if model_path is None else str(model_path),
+    })
 
 
 def naive_server(label: str, model: str, model_path: Path, threads: int | None) -> Server:
     """bench/naive_server.py (default SessionOptions) under the same gunicorn settings file, on gunicorn's
     plain gthread worker: the baseline is a naive deployment, not our buffered front (app.front)."""
-    port = free_port()
-    work = Path(tempfile.mkdtemp(prefix=f"bench-{label}-"))
-    env = base_env(port, work)
-    env.update(NAIVE_MODEL=model, NAIVE_MODEL_PATH=str(model_path))
-    if threads is not None:
-        env["NAIVE_THREADS"] = str(threads)
     argv = [str(VENV_BIN / "gunicorn"), "-c", "gunicorn.conf.py", "--worker-class", "gthread",
             "--pythonpath", str(BENCH), "naive_server:app"]
-    return Server(label, argv, env, port, work / "server.log", work / "uploads", work / "processed")
+    return _server(label, argv, {
+        "NAIVE_MODEL": model, "NAIVE_MODEL_PATH": str(model_path),
+        "NAIVE_THREADS": None if threads is None else str(threads),
+    })
 
 
 # --------------------------------------------------------------------------- model files
