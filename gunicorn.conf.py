@@ -1,7 +1,7 @@
 """gunicorn settings: one worker (one model in memory), a few threads, a quiet start.
 
 No setting here limits a single request's time (see `timeout`): a request is bounded by QUEUE_TIMEOUT_S
-for its wait and by the inference itself (README-isnet-tiny.md, Deployment).
+for its wait and by the inference itself (docs/operations.md, Time limits).
 """
 import os
 

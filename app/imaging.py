@@ -472,7 +472,7 @@ def encode(image: Image.Image, fmt: str) -> bytes:
     buffer = io.BytesIO()
     if fmt == "PNG":
         # zlib level 1: the six fixture cutouts at <= 1024 px encode in 113 ms on average against 193 ms
-        # at level 3 and 480 ms at Pillow's default 6, for files 5 % larger than level 3 (bench/README.md).
+        # at level 3 and 480 ms at Pillow's default 6, for files 5 % larger than level 3 (docs/performance.md).
         image.save(buffer, format="PNG", compress_level=1)
     elif fmt == "WEBP":
         if image.mode in ("L", "RGBA"):

@@ -1,6 +1,6 @@
 """Deployment files without a Docker engine: railway.toml, a lint of Dockerfile.isnet-tiny, .dockerignore,
 gunicorn.conf.py and the requirement files. The image itself is built and run by
-../shared/tools/container-check.sh (figures in README-isnet-tiny.md, Deployment)."""
+../shared/tools/container-check.sh (figures in docs/operations.md, The image measured with podman)."""
 from __future__ import annotations
 
 import ast
