@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageChops, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from app.config import ALLOWED_EXTENSIONS, ALLOWED_FORMATS
-from app.errors import CorruptImage, TooLarge, UnsupportedMedia
+from app.errors import CorruptImage, ResolutionTooHigh, TooLarge, UnsupportedMedia
 
 _SIXTEEN_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 
@@ -222,7 +222,7 @@ def open_checked(
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(stream)
     except Image.DecompressionBombError:
-        raise TooLarge(f"the image has too many pixels (limit {max_pixels:,})") from None
+        raise ResolutionTooHigh(f"the image has too many pixels (limit {max_pixels:,})") from None
     except UnidentifiedImageError:
         if _looks_like_accepted_image(stream):
             raise CorruptImage("the image is truncated or corrupt (its header is incomplete); re-export it and try again") from None
@@ -253,13 +253,13 @@ def _checked_header(
     if width < 1 or height < 1:
         raise CorruptImage("the image has no pixels")
     if width * height > max_pixels:
-        raise TooLarge(f"the image is {width}x{height} = {width * height:,} pixels; the limit is {max_pixels:,}")
+        raise ResolutionTooHigh(f"the image is {width}x{height} = {width * height:,} pixels; the limit is {max_pixels:,}")
     mode, frames = image.mode, getattr(image, "n_frames", 1)
     orientation = _orientation(image)
     cost = estimate_decode_bytes(image, max_dimension, model_size)
     if max_decode_bytes is not None and cost > max_decode_bytes:
         mb = 2**20
-        raise TooLarge(
+        raise ResolutionTooHigh(
             f"decoding this {width}x{height} {image.format} ({mode}) image would take about {cost / mb:.0f} MB "
             f"of memory; the limit is {max_decode_bytes / mb:.0f} MB (MAX_DECODE_MB). {_cheaper_hint(fmt)}"
         )
@@ -393,7 +393,7 @@ def decode(header: Header, max_dimension: int, model_size: int | None = None) ->
         if target != image.size:
             image = image.resize(target, Image.Resampling.LANCZOS)
     except Image.DecompressionBombError:
-        raise TooLarge("the image has too many pixels") from None
+        raise ResolutionTooHigh("the image has too many pixels") from None
     except (OSError, ValueError, SyntaxError, EOFError, IndexError, struct.error) as exc:
         if _is_png_text_error(exc):
             raise _png_text_refusal() from None
