@@ -122,6 +122,9 @@ def parse_roi(text: str | None) -> tuple[imaging.Length, imaging.Length, imaging
     corners = _lengths("roi", text, (4,), "use four values 'x1 y1 x2 y2' in px or %, e.g. '0% 0% 100% 100%'")
     if any(unit == "%" and amount > 100 for amount, unit in corners):
         raise BadRequest("roi percentages are at most 100%")
+    for start, end in ((corners[0], corners[2]), (corners[1], corners[3])):
+        if start[1] == end[1] and start[0] >= end[0]:
+            raise BadRequest(f"roi {text[:40]!r} is empty; x1 < x2 and y1 < y2 are needed")
     if corners == [(0.0, "px"), (0.0, "px"), (100.0, "%"), (100.0, "%")] or \
             corners == [(0.0, "%"), (0.0, "%"), (100.0, "%"), (100.0, "%")]:
         return None  # the whole image: remove.bg's default
