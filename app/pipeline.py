@@ -1,8 +1,8 @@
 """The one image pipeline behind the HTTP endpoints and the batch command.
 
 bytes -> imaging.open_checked (header, decode cost) -> imaging.decode (inside the slot, at most
-max_dimension on the long side and max_megapixels in all) -> service.mask -> region of interest,
-hard edges -> crop -> scale / position on the canvas -> cut out / fill -> imaging.encode (or a zip of the
+max_dimension on the long side and max_megapixels in all) -> service.mask -> region of interest
+-> crop -> scale / position on the canvas -> hard edges -> cut out / fill -> imaging.encode (or a zip of the
 colour image and the mask).
 Option values arrive as strings (form fields, command-line flags) and are validated here, so both
 front ends give the same messages.
@@ -33,7 +33,7 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"", "0", "false", "no", "off"}
 _LENGTH = re.compile(r"(\d+(?:\.\d+)?)(px|%)?")
 MAX_MARGIN_PX = 1000
-MIN_SCALE, MAX_MEGAPIXELS = 0.1, 1000.0
+MIN_SCALE, MIN_MEGAPIXELS, MAX_MEGAPIXELS = 0.1, 0.0001, 1000.0
 NO_MARGIN: imaging.Margin = ((0.0, "px"),) * 4
 
 
@@ -173,8 +173,8 @@ def parse_megapixels(text: str | None) -> float | None:
         value = float(text.strip())
     except ValueError:
         raise BadRequest(f"max_megapixels must be a number such as 0.25 or 4, not {text[:20]!r}") from None
-    if not 0.01 <= value <= MAX_MEGAPIXELS:
-        raise BadRequest(f"max_megapixels must be between 0.01 and {MAX_MEGAPIXELS:g}")
+    if not MIN_MEGAPIXELS <= value <= MAX_MEGAPIXELS:
+        raise BadRequest(f"max_megapixels must be between {MIN_MEGAPIXELS:g} and {MAX_MEGAPIXELS:g}")
     return value
 
 
@@ -252,13 +252,12 @@ def _subject(
     alpha = imaging.combine_alpha(mask, decoded.alpha)
     if options.roi is not None:
         alpha = imaging.keep_region(alpha, _roi_box(options.roi, decoded.size, header.size))
-    if not options.semitransparency:
-        alpha = imaging.hard_alpha(alpha)
     return decoded.rgb, alpha, backdrop
 
 
 def _framed(rgb: Image.Image, alpha: Image.Image, options: Options) -> tuple[Image.Image, Image.Image]:
-    """crop (with its margin), then scale / position the subject on the canvas."""
+    """crop (with its margin), scale / position the subject on the canvas, then (last, as scaling makes soft
+    edges) hard edges for semitransparency=false."""
     if options.crop:
         box = imaging.subject_box(alpha, options.crop_margin)
         if box is not None:
@@ -267,6 +266,8 @@ def _framed(rgb: Image.Image, alpha: Image.Image, options: Options) -> tuple[Ima
         box = imaging.subject_box(alpha)
         if box is not None:
             rgb, alpha = imaging.place(rgb, alpha, box, options.scale, options.position or (0.5, 0.5))
+    if not options.semitransparency:
+        alpha = imaging.hard_alpha(alpha)
     return rgb, alpha
 
 

@@ -74,7 +74,7 @@ def _form(config: Config, fields: tuple[str, ...]) -> dict[str, Any]:
                                        "subject), 1, 2 or 4 values as in CSS (at most 1000 px or 100 % each)"},
         "max_dimension": {"type": "integer", "minimum": 1, "maximum": config.max_dimension,
                           "description": "long side of the result in pixels, at most the server's MAX_DIMENSION"},
-        "max_megapixels": {"type": "number", "minimum": 0.01, "maximum": 1000,
+        "max_megapixels": {"type": "number", "minimum": 0.0001, "maximum": 1000,
                            "description": "at most this many million pixels in the result (beside max_dimension)"},
         "roi": {"type": "string", "pattern": ROI_PATTERN,
                 "description": "region of interest 'x1 y1 x2 y2' in px of the original image or %: only the "
