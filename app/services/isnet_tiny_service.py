@@ -28,7 +28,7 @@ from PIL import Image
 
 from app import model_io
 from app.config import Config
-from app.errors import Unavailable
+from app.errors import Busy, Unavailable
 from app.services import model_store
 from app.services.model_prepare import prepare_tiny_in_child
 from app.services.model_store import ModelFile, ModelUnavailable
@@ -323,7 +323,7 @@ class IsnetTinyService:
             with self._lock:
                 if self._waiting >= self.config.max_queue:
                     self.stats.rejected_busy += 1
-                    raise Unavailable("the server is busy; try again in a few seconds", retry_after=5)
+                    raise Busy("the server is busy; try again in a few seconds", retry_after=5)
                 self._waiting += 1
             try:
                 acquired = self._slot.acquire(timeout=self.config.queue_timeout_s)
@@ -332,7 +332,7 @@ class IsnetTinyService:
                     self._waiting -= 1
             if not acquired:
                 self.stats.rejected_busy += 1
-                raise Unavailable("the server is busy; try again in a few seconds", retry_after=5)
+                raise Busy("the server is busy; try again in a few seconds", retry_after=5)
         with self._lock:
             self._running = True
         try:
