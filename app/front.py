@@ -12,7 +12,7 @@ as fast as the client reads (Outbox). Every resource a client can hold has a bou
   UPLOAD_FOLDER up to SPOOL_MAX_MB in total, reserved by Content-Length before a byte is read; past
   either a request gets 503 with Retry-After at once;
 - responses waiting for slow readers: RESPONSE_MEMORY_MB in total; past it the connection is aborted;
-- send deadline: a connection whose write buffer has not drained (below the low-water mark) within
+- send deadline: the kernel's send buffer is capped (SEND_BUFFER_BYTES); a connection whose write buffer has not drained (below the low-water mark) within
   SEND_TIMEOUT_S of filling, or whose response's tail has not left the buffer SEND_TIMEOUT_S after the
   response ended, is aborted, which releases every writer waiting on it (nginx's send_timeout).
 
@@ -28,6 +28,7 @@ import asyncio
 import io
 import json
 import logging
+import socket
 import tempfile
 import time
 from dataclasses import dataclass
@@ -52,7 +53,13 @@ MB = 1024 * 1024
 SPOOL_IN_MEMORY_BYTES = 512 * 1024  # a body up to this size may stay in memory (within BODY_MEMORY_MB)
 REPLAY_CHUNK_BYTES = 64 * 1024
 RETRY_AFTER_S = 5
-MAX_HEAD_BYTES = 16 * 1024  # h11's bound on a request head still being received (its own default)
+# A request head's size: h11 refuses an incomplete head past it (its own default); the Front refuses a
+# complete one past it with 431 (h11 accepts a longer head that arrives in one read).
+MAX_HEAD_BYTES = 16 * 1024
+# The kernel's send buffer per connection (SO_SNDBUF, like nginx's `listen ... sndbuf=`): left to autotuning,
+# a client that stops reading can park megabytes per connection in kernel memory, which a container's
+# memory limit counts, and the send deadline would never see a full buffer.
+SEND_BUFFER_BYTES = 64 * 1024
 PROBE_INTERVAL_S = 2.0
 CONNECTION = "pixport.connection"  # the scope["state"] key that carries the request's connection
 
@@ -127,6 +134,9 @@ class GuardedH11Protocol(H11Protocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
         self.overloaded = len(self.connections) > self.limits.max_connections
         self.app_state = {**self.app_state, CONNECTION: self}
         self._header_timer = self.loop.call_later(self.limits.header_timeout_s, self._header_timeout)
@@ -453,10 +463,16 @@ class Front:
             return
         started = time.monotonic()
         outbox = Outbox(send, conn, self.responses)
+        names = [name.lower() for name, _ in scope.get("headers", [])]
         try:
             if conn.overloaded:
                 await send_json(outbox.send, 503, "the server has too many open connections; try again shortly",
                                 retry_after=RETRY_AFTER_S)
+            elif sum(len(name) + len(value) + 4 for name, value in scope.get("headers", [])) > MAX_HEAD_BYTES:
+                await send_json(outbox.send, 431, "the request's header fields are too large")
+            elif b"content-length" in names and b"transfer-encoding" in names:
+                # h11 lets Transfer-Encoding win; a proxy in front may not (request smuggling): refuse both.
+                await send_json(outbox.send, 400, "a request may not have both Content-Length and Transfer-Encoding")
             else:
                 await self.bodies(scope, receive, outbox.send)
         finally:
