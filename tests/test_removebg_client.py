@@ -1,9 +1,13 @@
 """The real PyPI remove.bg client (`removebg` 0.4, unmodified) pointed at a loopback server: a file, a URL
 and base64, checking the files it writes. Only its API_ENDPOINT is changed, the one-line switch users make.
+Also, when REMOVEBG_JS_CLIENT names a node_modules with it, the npm `remove.bg` client.
 """
 from __future__ import annotations
 
 import base64
+import os
+import shutil
+import subprocess
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Callable
@@ -13,7 +17,7 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.conftest import image_bytes, photo, served
+from tests.conftest import ROOT, image_bytes, photo, served
 
 removebg = pytest.importorskip("removebg")
 from removebg import RemoveBg  # noqa: E402 (after the skip)
@@ -92,3 +96,23 @@ def test_a_wrong_key_is_the_403_the_client_raises(pointed, tmp_path):
     assert not (tmp_path / "p.jpg_no_bg.png").exists()
     RemoveBg("secret", str(tmp_path / "errors.log")).remove_background_from_img_file(str(source))
     cutout(tmp_path / "p.jpg_no_bg.png")
+
+
+JS_CLIENT = os.environ.get("REMOVEBG_JS_CLIENT")  # a node_modules folder holding the npm `remove.bg` package
+
+
+@pytest.mark.skipif(not JS_CLIENT or not shutil.which("node"), reason="set REMOVEBG_JS_CLIENT to a node_modules "
+                    "with the npm remove.bg client (npm install remove.bg@1.3.0) and have node on PATH")
+def test_the_npm_client(make_app, tmp_path):
+    """bench/removebg_js_client.js: file, base64, crop + scale, bg_color, add_shadow (refused) and a URL."""
+    source = tmp_path / "photo.jpg"
+    source.write_bytes(PHOTO)
+    with served(make_app(IMAGE_URL_ALLOW_PRIVATE="1")) as base, served(image_app) as images:
+        run = subprocess.run(["node", str(ROOT / "bench" / "removebg_js_client.js"), base, str(source),
+                              str(tmp_path / "out"), f"{images}/photo.jpg"],
+                             env={**os.environ, "NODE_PATH": JS_CLIENT}, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    for name in ("file.png", "base64.png", "crop-scale.png", "url.png"):
+        assert Image.open(tmp_path / "out" / name).mode == "RGBA"
+    assert Image.open(tmp_path / "out" / "bg-color.jpg").format == "JPEG"
+    assert '"code":"unsupported_add_shadow"' in run.stdout
