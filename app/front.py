@@ -38,6 +38,7 @@ from typing import IO, Any, Awaitable, Callable
 
 import h11
 from a2wsgi import WSGIMiddleware
+from werkzeug.wsgi import FileWrapper
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn_worker import UvicornWorker
 
@@ -52,6 +53,10 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 MB = 1024 * 1024
 SPOOL_IN_MEMORY_BYTES = 512 * 1024  # a body up to this size may stay in memory (within BODY_MEMORY_MB)
 REPLAY_CHUNK_BYTES = 64 * 1024
+# A file response (send_file: the Swagger bundle, the page's assets) in blocks of this size rather than
+# werkzeug's 8 KB: each block crosses from a thread to the event loop, and a 1 MB file in 128 crossings
+# kept the threads busy long enough under slowhttptest -X to delay health by seconds.
+FILE_CHUNK_BYTES = 256 * 1024
 RETRY_AFTER_S = 5
 # A request head's size: h11 refuses an incomplete head past it (its own default); the Front refuses a
 # complete one past it with 431 (h11 accepts a longer head that arrives in one read).
@@ -452,7 +457,7 @@ class Front:
         self.memory = Budget(limits.body_memory_bytes)
         self.disk = Budget(limits.spool_bytes)
         self.responses = Budget(limits.response_memory_bytes)
-        self.bodies = BufferedBodies(WSGIMiddleware(wsgi_app, workers=threads), limits, spool_dir,
+        self.bodies = BufferedBodies(WSGIMiddleware(_with_file_wrapper(wsgi_app), workers=threads), limits, spool_dir,
                                      self.memory, self.disk)
         self.access_log = access_log
 
@@ -497,6 +502,19 @@ class Front:
 
         await self(scope, receive, send)
         return answered
+
+
+def _with_file_wrapper(wsgi_app: Any) -> Any:
+    """The WSGI app with a server-side `wsgi.file_wrapper` (PEP 3333) that reads FILE_CHUNK_BYTES at a time."""
+
+    def file_wrapper(file: IO[bytes], block_size: int = FILE_CHUNK_BYTES) -> FileWrapper:
+        return FileWrapper(file, max(block_size, FILE_CHUNK_BYTES))
+
+    def app(environ: dict, start_response: Any) -> Any:
+        environ["wsgi.file_wrapper"] = file_wrapper
+        return wsgi_app(environ, start_response)
+
+    return app
 
 
 class FrontWorker(UvicornWorker):
