@@ -6,7 +6,7 @@ import re
 import tempfile
 import time
 import uuid
-from typing import IO, Any, Mapping
+from typing import IO, Any, Callable, Mapping
 
 from flask import Flask, Request, current_app, g, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
@@ -99,20 +99,19 @@ def _too_large_message(exc: RequestEntityTooLarge) -> str:
 
 
 def _register_errors(app: Flask) -> None:
-    """One place that turns every failure into `{"error": ...}` JSON, never a traceback."""
+    """One place that turns every failure into `{"error": ...}` JSON, never a traceback; under /v1.0 the same
+    answer in remove.bg's `{"errors": [...]}` shape, for routing errors (404, 405) too."""
+    from app.api import removebg_api
 
-    @app.errorhandler(ApiError)
     def api_error(exc: ApiError) -> Any:
         if exc.status >= 500:
             log.warning("%s %s -> %d: %s [request %s]", request.method, request.path, exc.status, exc.message,
                         request_id())
         return _error_response(exc.message, exc.status, exc.retry_after)
 
-    @app.errorhandler(RequestEntityTooLarge)
     def too_large(exc: RequestEntityTooLarge) -> Any:
         return _error_response(_too_large_message(exc), 413)
 
-    @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Any:
         response = _error_response(exc.description or exc.name, exc.code or 500)
         for key, value in exc.get_headers():
@@ -120,10 +119,20 @@ def _register_errors(app: Flask) -> None:
                 response.headers[key] = value  # e.g. Allow on 405
         return response
 
-    @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Any:
         log.exception("unhandled error on %s %s [request %s]", request.method, request.path, request_id())
         return _error_response("internal error; the request was not processed", 500)
+
+    def shaped(handler: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        def respond(exc: Exception) -> Any:
+            response = handler(exc)
+            return removebg_api.reshape(exc, response) if removebg_api.owns(request.path) else response
+
+        return respond
+
+    for kind, handler in ((ApiError, api_error), (RequestEntityTooLarge, too_large), (HTTPException, http_error),
+                          (Exception, unexpected)):
+        app.register_error_handler(kind, shaped(handler))
 
 
 def _register_request_hooks(app: Flask, config: Config) -> None:

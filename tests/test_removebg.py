@@ -410,6 +410,39 @@ def test_busy_is_429_with_retry_after(make_app):
     assert int(response.headers["Retry-After"]) > 0
 
 
+# ---------------------------------------------------------------- every error under /v1.0 is remove.bg's
+
+def test_routing_errors_have_removebg_shape(client):
+    """404 and 405 are raised before any view runs; under /v1.0 they are still remove.bg's errors."""
+    item = error(client.get("/v1.0/removebg"), 405, "method_not_allowed")
+    assert "POST" in client.get("/v1.0/removebg").headers["Allow"]
+    assert item["title"] == "Method Not Allowed"
+    error(client.post("/v1.0/improve", data=upload()), 404, "not_found")
+    error(client.get("/v1.0"), 404, "not_found")
+    error(client.post("/v1.0/account"), 405, "method_not_allowed")
+    assert "X-Request-ID" in client.get("/v1.0/nothing").headers
+    assert set(client.get("/api/bg/nothing").get_json()) == {"error", "request_id"}  # the service's own shape
+
+
+def test_an_unexpected_failure_is_a_500_in_removebg_shape(app, monkeypatch):
+    from app.api import removebg_api
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(removebg_api.pipeline, "remove_background", broken)
+    item = error(post(app.test_client(), **upload()), 500, "internal_error")
+    assert "boom" not in item["detail"]
+
+
+def test_too_many_parts_and_an_oversized_field_are_file_too_large(make_app):
+    client = make_app(MAX_FILE_SIZE_MB="1").test_client()
+    error(post(client, image_file_b64="A" * 2_000_000), 400, "file_too_large")
+    parts = {f"p{index}": "x" for index in range(2000)}
+    item = error(client.post("/v1.0/removebg", data={**upload(), **parts}), 400, "file_too_large")
+    assert "parts" in item["detail"]
+
+
 # ---------------------------------------------------------------- account
 
 def test_account(client):

@@ -46,6 +46,8 @@ TITLES = {
     "rate_limit_exceeded": "Rate limit exceeded", "service_unavailable": "Service unavailable",
     "multiple_backgrounds": "More than one background given",
 }
+# Statuses the HTTP layer raises before any view runs (no route, wrong method...), by remove.bg-style code.
+HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 
 
 class RemoveBgError(ApiError):
@@ -88,30 +90,33 @@ def translate(exc: ApiError) -> RemoveBgError:
     return RemoveBgError("invalid_request", exc.message, exc.status if exc.status < 500 else 400)
 
 
-def _error_body(error: RemoveBgError) -> Response:
-    response = jsonify({"errors": [{"title": error.title, "code": error.code, "detail": error.message}]})
+def owns(path: str) -> bool:
+    """Whether a request path is remove.bg's: every answer under /v1.0 uses remove.bg's error shape."""
+    return path == bp.url_prefix or path.startswith(f"{bp.url_prefix}/")
+
+
+def _as_removebg(exc: Exception, status: int, message: str) -> RemoveBgError:
+    """Any failure the app's handler answered (its status and message) in remove.bg's terms."""
+    if isinstance(exc, ApiError):
+        return translate(exc)
+    if isinstance(exc, RequestEntityTooLarge):
+        return RemoveBgError("file_too_large", message)
+    if isinstance(exc, HTTPException):
+        code = HTTP_CODES.get(status, "invalid_request")
+        return RemoveBgError(code, message, status, title=exc.name)
+    return RemoveBgError("internal_error", message, 500, title="Internal error")
+
+
+def reshape(exc: Exception, response: Response) -> Response:
+    """The app's `{"error": ...}` answer as `{"errors": [{"title", "code", "detail"}]}`, keeping its headers
+    (Allow, Retry-After, X-Request-ID): remove.bg clients read errors[0].title and map statuses."""
+    error = _as_removebg(exc, response.status_code, (response.get_json(silent=True) or {}).get("error", ""))
+    response.set_data(current_app.json.dumps(
+        {"errors": [{"title": error.title, "code": error.code, "detail": error.message}]}))
     response.status_code = error.status
     if error.retry_after is not None:
         response.headers["Retry-After"] = str(error.retry_after)
     return response
-
-
-@bp.errorhandler(ApiError)
-def api_error(exc: ApiError) -> Response:
-    return _error_body(translate(exc))
-
-
-@bp.errorhandler(RequestEntityTooLarge)
-def too_large(exc: RequestEntityTooLarge) -> Response:
-    limit = _config().max_file_size_mb
-    return _error_body(RemoveBgError("file_too_large", f"the request is larger than this server's {limit} MB "
-                                                       "image limit (MAX_FILE_SIZE_MB); send a smaller image"))
-
-
-@bp.errorhandler(HTTPException)
-def http_error(exc: HTTPException) -> Response:
-    status = exc.code or 400
-    return _error_body(RemoveBgError("invalid_request", exc.description or exc.name, status if status < 500 else 400))
 
 
 @bp.before_request
