@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import io
+from typing import Any, Callable, Iterator
 
 import pytest
 import schemathesis
 from flask import Flask
 from hypothesis import HealthCheck, settings
 from openapi_spec_validator import validate
+from schemathesis.generation.jsonschema import strategy as generation
+from schemathesis.transport.serialization import Binary
 
 from app import create_app
 from app.services.isnet_tiny_service import IsnetTinyService
@@ -143,9 +146,36 @@ def fuzz_app(tmp_path_factory: pytest.TempPathFactory) -> Flask:
 schema = schemathesis.pytest.from_fixture("fuzz_schema")
 
 
+def _without_binary(value: object) -> object:
+    """A generated body as the validator can read it: each Binary (a file part's bytes) as ""."""
+    if isinstance(value, Binary):
+        return ""
+    if isinstance(value, dict):
+        return {key: _without_binary(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_without_binary(item) for item in value]
+    return value
+
+
+def binary_safe(make_validator: Callable[[Any], Callable[[Any], bool]]) -> Callable[[Any], Callable[[Any], bool]]:
+    """schemathesis 4.32.5's generator, for a negative multipart body whose complement jsonschema-rs cannot
+    spell (an object of 16 or more properties with additionalProperties false: POST /v1.0/removebg has 18),
+    draws any object and filters it with a jsonschema-rs validator, which raises "ValueError: Unsupported
+    type: 'Binary'" when the draw holds a file part (about 1 in 70 negative draws). Its other filters strip
+    Binary first (negative._strip_binary); this does the same for that one, so no case is lost."""
+
+    def make(schema: Any) -> Callable[[Any], bool]:
+        is_valid = make_validator(schema)
+        return lambda value: is_valid(_without_binary(value))
+
+    return make
+
+
 @pytest.fixture(scope="module")
-def fuzz_schema(fuzz_app: Flask):
-    return schemathesis.openapi.from_wsgi("/api/bg/openapi.json", fuzz_app)
+def fuzz_schema(fuzz_app: Flask) -> Iterator[Any]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(generation, "_validator", binary_safe(generation._validator))
+        yield schemathesis.openapi.from_wsgi("/api/bg/openapi.json", fuzz_app)
 
 
 @schema.parametrize()
