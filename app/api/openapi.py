@@ -313,7 +313,8 @@ def openapi_document(config: Config, metrics: bool, server: str | None = None) -
         "openapi": "3.0.3",
         "info": {"title": "PixPort ISNet Tiny", "version": "1.0.0",
                  "description": "Background removal over HTTP. Errors are JSON "
-                                "{\"error\": \"...\", \"request_id\": \"...\"}; every response has an "
+                                "{\"error\": \"...\", \"request_id\": \"...\"} (under /v1.0 remove.bg's "
+                                "{\"errors\": [{\"title\", \"code\", \"detail\"}]}); every response has an "
                                 "X-Request-ID header (yours echoed when it is 1-128 of A-Z a-z 0-9 . _ : -, "
                                 "else a new one) that also appears in the server's access log."},
         "paths": paths,
