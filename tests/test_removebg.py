@@ -130,6 +130,8 @@ def test_image_url_urlencoded(open_client, images):
 def test_image_url_keeps_the_ssrf_guard(client, images):
     item = error(post(client, image_url=f"{images}/photo.png"), 400, "failed_image_download")
     assert "loopback" in item["detail"]
+    item = error(post(client, **upload(bg_image_url=f"{images}/bg.png")), 400, "failed_image_download")
+    assert "loopback" in item["detail"] and "bg_image_url" in item["detail"]
 
 
 def test_image_url_that_fails_is_failed_image_download(open_client, images):
