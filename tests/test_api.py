@@ -1,4 +1,9 @@
-"""Every endpoint and error path through Flask's test client, on the bundled u2netp model."""
+"""Every endpoint and error path through Flask's test client.
+
+Requests run on the 64 px disc model (tests/test_removebg.py's env), which finds photo()'s disc in
+milliseconds; the tests of the default model, its status and its files unset MODEL_PATH and so run the
+bundled u2netp.
+"""
 import io
 from pathlib import Path
 
@@ -7,6 +12,9 @@ import pytest
 from PIL import Image
 
 from tests.conftest import image_bytes, photo, upload, wait_for_state
+from tests.test_removebg import env  # noqa: F401 (the disc model)
+
+BUNDLED = {"MODEL_PATH": ""}  # the default model, as a fresh checkout serves it
 
 
 def assert_json_error(response, status: int) -> str:
@@ -112,7 +120,8 @@ def test_download_name_is_sanitised(client, name):
         assert bad not in disposition.split("filename=", 1)[1][:-4], disposition
 
 
-def test_health_and_status_before_and_after_first_request(client):
+def test_health_and_status_before_and_after_first_request(make_app):
+    client = make_app(**BUNDLED).test_client()
     health = client.get("/api/bg/health").get_json()
     assert health["status"] == "healthy" and health["model_loaded"] is False and health["memory_mb"] > 0
     status = client.get("/api/bg/status").get_json()
@@ -138,7 +147,8 @@ def test_clear_cache_unloads_and_next_request_reloads(client):
 def test_unreachable_model_is_503_with_reason_and_health_says_so(make_app):
     from tests.test_model_store import closed_port
 
-    client = make_app(BG_MODEL="isnet-general-use", MODEL_BASE_URL=f"http://127.0.0.1:{closed_port()}/").test_client()
+    client = make_app(**BUNDLED, BG_MODEL="isnet-general-use",
+                      MODEL_BASE_URL=f"http://127.0.0.1:{closed_port()}/").test_client()
     response = client.post("/api/bg/remove", data=upload(image_bytes(photo(), "PNG")))
     message = assert_json_error(response, 503)
     assert "isnet-general-use" in message and response.headers["Retry-After"]
@@ -157,7 +167,7 @@ def test_corrupt_model_file_is_503(make_app, tmp_path: Path):
 
 def test_corrupt_model_in_model_dir_fails_its_hash(make_app, env):
     Path(env["MODEL_DIR"], "u2netp.onnx").write_bytes(b"corrupted")
-    client = make_app(BG_MODEL="u2netp").test_client()
+    client = make_app(**BUNDLED, BG_MODEL="u2netp").test_client()
     assert "sha256" in assert_json_error(client.post("/api/bg/remove", data=upload(image_bytes(photo(), "PNG"))), 503)
 
 

@@ -1,4 +1,8 @@
-"""flask remove INPUT... --out DIR: the same pipeline as HTTP, files and folders, per-file failures."""
+"""flask remove INPUT... --out DIR: the same pipeline as HTTP, files and folders, per-file failures.
+
+make_app runs the 64 px disc model (tests/test_removebg.py's env), which finds photo()'s disc; `fast` a
+32 px model that finds nothing, for the tests of files and options alone.
+"""
 from pathlib import Path
 
 import pytest
@@ -6,6 +10,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import image_bytes, photo, tiny_onnx
+from tests.test_removebg import env  # noqa: F401 (the disc model)
 
 
 def write_inputs(folder: Path) -> None:
@@ -117,7 +122,7 @@ def test_two_inputs_onto_one_name_is_a_usage_error(fast, tmp_path: Path):
 
 
 def test_mask_crop_margin_and_format(make_app, tmp_path: Path):
-    """The real model here: cropping needs a mask that finds the subject."""
+    """make_app, not fast: cropping needs a mask that finds the subject."""
     (tmp_path / "p.png").write_bytes(image_bytes(photo((120, 90)), "PNG"))
     tight = run(make_app, str(tmp_path / "p.png"), "--out", str(tmp_path / "tight"), "--only-mask", "--crop")
     loose = run(make_app, str(tmp_path / "p.png"), "--out", str(tmp_path / "loose"), "--only-mask", "--crop",

@@ -1,14 +1,19 @@
-"""CORS_ORIGINS: no CORS headers unless set; listed origins (or *) get them, preflights included, without the key."""
+"""CORS_ORIGINS: no CORS headers unless set; listed origins (or *) get them, preflights included, without the key.
+
+Requests run on the 64 px disc model (tests/test_removebg.py's env): these tests are about headers.
+"""
 from __future__ import annotations
 
 import base64
 import shutil
+from contextlib import ExitStack
 
 import pytest
 from werkzeug.wrappers import Response
 
 from app.config import Config, ConfigError
 from tests.conftest import image_bytes, photo, served, upload
+from tests.test_removebg import env  # noqa: F401 (the disc model)
 
 PREFLIGHT = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST",
              "Access-Control-Request-Headers": "authorization, x-api-key, x-request-id"}
@@ -122,27 +127,30 @@ fetch(url, {method: 'POST', body: form, headers: {'X-API-Key': 'secret', 'X-Requ
 
 
 def _cross_origin_results(make_app, tmp_path, other_url: str) -> dict[str, dict]:
-    """The same check twice: from other_url, once with it listed in CORS_ORIGINS and once without."""
+    """The same check twice from other_url, in one browser: against an API that lists it in CORS_ORIGINS and
+    against one that does not (two servers, so the browser's preflight cache cannot carry over)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 f"--user-data-dir={tmp_path / 'profile'}"):
+        options.add_argument(flag)
+    photo_b64 = base64.b64encode(image_bytes(photo(), "PNG")).decode()
     results: dict[str, dict] = {}
-    for allowed in (other_url, "https://not-this.example"):
-        options = webdriver.ChromeOptions()
-        options.binary_location = CHROMIUM
-        for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     f"--user-data-dir={tmp_path / ('profile-' + str(len(results)))}"):
-            options.add_argument(flag)
-        with served(make_app(CORS_ORIGINS=allowed, API_KEY="secret")) as api_url:
-            driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-            try:
-                driver.set_script_timeout(60)
-                driver.get(other_url + "/")
-                photo_b64 = base64.b64encode(image_bytes(photo(), "PNG")).decode()
+    with ExitStack() as stack:
+        api_urls = {allowed: stack.enter_context(served(make_app(CORS_ORIGINS=allowed, API_KEY="secret")))
+                    for allowed in (other_url, "https://not-this.example")}
+        driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+        try:
+            driver.set_script_timeout(60)
+            driver.get(other_url + "/")
+            for allowed, api_url in api_urls.items():
                 results[allowed] = driver.execute_async_script(CROSS_ORIGIN_FETCH, api_url + "/api/bg/remove",
                                                                photo_b64)
-            finally:
-                driver.quit()
+        finally:
+            driver.quit()
     return results
 
 

@@ -1,6 +1,7 @@
 """Issue 10: memory bounded by decode cost, PNG text not held, MPO served, clear_cache under load, 413 messages.
 
-Small generated inputs; the memory figures themselves are in bench/hostile.py, not here.
+Small generated inputs; the memory figures themselves are in bench/hostile.py, not here. Requests run on the
+64 px disc model (tests/test_removebg.py's env): these tests are about limits, decoding and the queue.
 """
 from __future__ import annotations
 
@@ -19,9 +20,16 @@ from app.errors import TooLarge
 from tests.conftest import image_bytes, photo, upload
 from tests.test_api import assert_json_error
 from tests.test_imaging import png_header_only
+from tests.test_removebg import env  # noqa: F401 (the disc model)
 from tests.test_service import loaded_with_slow_session
 
 MAX_PIXELS = 40_000_000
+
+
+@pytest.fixture(scope="module")
+def large_photo() -> Image.Image:
+    """A 12 MP photo(), built once: building it takes seconds."""
+    return photo((4000, 3000))
 
 
 def _chunk(kind: bytes, payload: bytes) -> bytes:
@@ -61,10 +69,9 @@ def test_webp_costs_more_than_png_of_the_same_size():
         imaging.open_checked(image_bytes(image, "WEBP", lossless=True), MAX_PIXELS, webp.decode_bytes - 1)
 
 
-def test_jpeg_estimate_uses_the_reduced_scale_decode():
-    big = image_bytes(photo((4000, 3000)), "JPEG")
-    jpeg = imaging.open_checked(big, MAX_PIXELS)
-    png = imaging.open_checked(image_bytes(photo((4000, 3000)), "PNG"), MAX_PIXELS)
+def test_jpeg_estimate_uses_the_reduced_scale_decode(large_photo):
+    jpeg = imaging.open_checked(image_bytes(large_photo, "JPEG"), MAX_PIXELS)
+    png = imaging.open_checked(image_bytes(large_photo, "PNG", compress_level=1), MAX_PIXELS)
     assert jpeg.decode_bytes < png.decode_bytes / 2
 
 
@@ -151,8 +158,8 @@ def test_mpo_is_served_from_its_first_picture(client, path):
         assert red >= blue  # the first (red) picture, never the second (blue) one
 
 
-def test_large_mpo_is_decoded_at_reduced_scale():
-    data = _mpo(photo((4000, 3000)), photo((400, 300)))
+def test_large_mpo_is_decoded_at_reduced_scale(large_photo):
+    data = _mpo(large_photo, photo((400, 300)))
     header = imaging.open_checked(data, MAX_PIXELS)
     assert header.format == "JPEG" and header.frames == 2
     decoded = imaging.decode(header, 1024, 320)

@@ -3,14 +3,30 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
+from flask.testing import FlaskClient
 from PIL import Image
 
+from app import create_app
+from app.services.isnet_tiny_service import IsnetTinyService
 from tests.conftest import FIXTURES, upload
 
 PHOTOS = sorted((FIXTURES / "images").glob("*.jpg"))
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlaskClient]:
+    """One app, so one u2netp session, for every photo: a fresh service per photo loaded the model each time."""
+    home = tmp_path_factory.mktemp("fidelity")
+    folders = {name: home / name.lower() for name in ("MODEL_DIR", "UPLOAD_FOLDER", "PROCESSED_FOLDER")}
+    for folder in folders.values():
+        folder.mkdir()
+    IsnetTinyService._instance = None
+    yield create_app({"FLASK_ENV": "testing", **{name: str(folder) for name, folder in folders.items()}}).test_client()
+    IsnetTinyService._instance = None
 
 
 def agreement(alpha: np.ndarray, reference: Image.Image) -> tuple[float, float]:

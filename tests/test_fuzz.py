@@ -1,4 +1,8 @@
-"""Property-based: random bytes, truncated files and random valid images only ever give 200 or 4xx JSON."""
+"""Property-based: random bytes, truncated files and random valid images only ever give 200 or 4xx JSON.
+
+On the 64 px disc model (tests/test_removebg.py's env): these are about decoding and error paths, and
+u2netp's inference on every valid draw made this the suite's slowest test.
+"""
 from __future__ import annotations
 
 import io
@@ -10,6 +14,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from tests.conftest import image_bytes, upload
+from tests.test_removebg import env  # noqa: F401 (the disc model)
 
 FORMATS = ["PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP"]
 MODES = ["RGB", "RGBA", "L", "LA", "P", "1", "CMYK", "I;16"]

@@ -1,12 +1,17 @@
-"""The optional output options on /remove and /change_color; defaults stay as the seed's contract."""
+"""The optional output options on /remove and /change_color; defaults stay as the seed's contract.
+
+On the 64 px disc model (tests/test_removebg.py's env), which finds photo()'s disc; the photo's cutout
+(WebP against PNG) runs the bundled u2netp.
+"""
 import io
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import image_bytes, photo, upload
-from tests.test_api import assert_json_error
+from tests.conftest import FIXTURES, image_bytes, photo, upload
+from tests.test_api import BUNDLED, assert_json_error
+from tests.test_removebg import env  # noqa: F401 (the disc model)
 
 PHOTO = image_bytes(photo((96, 64)), "PNG")
 
@@ -29,8 +34,9 @@ def test_format_on_remove(client, fmt, mimetype, pil, ext):
         assert image.mode == "RGBA" and np.asarray(image.getchannel("A")).min() < 64
 
 
-def test_webp_is_smaller_than_png_for_a_photo(client):
-    photo_bytes = (pytest.importorskip("tests.conftest").FIXTURES / "images" / "animal-1.jpg").read_bytes()
+def test_webp_is_smaller_than_png_for_a_photo(make_app):
+    client = make_app(**BUNDLED).test_client()
+    photo_bytes = (FIXTURES / "images" / "animal-1.jpg").read_bytes()
     png = client.post("/api/bg/remove", data=upload(photo_bytes, "a.jpg"))
     webp = client.post("/api/bg/remove", data=upload(photo_bytes, "a.jpg", format="webp"))
     # Lossless (so transparent pixels stay colourless): ~0.6x the PNG here, not the lossy ~0.2x.
