@@ -17,6 +17,7 @@ from PIL import Image
 
 from app import imaging
 from app.errors import TooLarge
+from app.services import isnet_tiny_service
 from tests.conftest import image_bytes, photo, upload
 from tests.test_api import assert_json_error
 from tests.test_imaging import png_header_only
@@ -169,7 +170,23 @@ def test_large_mpo_is_decoded_at_reduced_scale(large_photo):
 # ----------------------------------------------------------------------------- (5) clear_cache under load
 
 
-def test_clear_cache_under_load_fails_no_queued_request(make_app):
+class SlowRuns:
+    """A real session whose every run sleeps first, so the model that queued requests reload stays slow."""
+
+    def __init__(self, session, seconds: float) -> None:
+        self._session, self._seconds = session, seconds
+
+    def __getattr__(self, name: str):
+        return getattr(self._session, name)
+
+    def run(self, *args):
+        time.sleep(self._seconds)
+        return self._session.run(*args)
+
+
+def test_clear_cache_under_load_fails_no_queued_request(make_app, monkeypatch):
+    create_session = isnet_tiny_service.create_session
+    monkeypatch.setattr(isnet_tiny_service, "create_session", lambda *args: SlowRuns(create_session(*args), 0.4))
     app, service, _ = loaded_with_slow_session(make_app, 0.4, MAX_QUEUE="8", QUEUE_TIMEOUT_S="60")
     data = image_bytes(photo(), "PNG")
     codes: list[int] = []

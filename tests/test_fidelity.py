@@ -19,7 +19,7 @@ PHOTOS = sorted((FIXTURES / "images").glob("*.jpg"))
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlaskClient]:
-    """One app, so one u2netp session, for every photo: a fresh service per photo loaded the model each time."""
+    """One app, so u2netp is loaded once for all the photos: their masks are under test, not the loading."""
     home = tmp_path_factory.mktemp("fidelity")
     folders = {name: home / name.lower() for name in ("MODEL_DIR", "UPLOAD_FOLDER", "PROCESSED_FOLDER")}
     for folder in folders.values():

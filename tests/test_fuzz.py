@@ -1,7 +1,6 @@
 """Property-based: random bytes, truncated files and random valid images only ever give 200 or 4xx JSON.
 
-On the 64 px disc model (tests/test_removebg.py's env): these are about decoding and error paths, and
-u2netp's inference on every valid draw made this the suite's slowest test.
+On the 64 px disc model (tests/test_removebg.py's env): these are about decoding and error paths, not masks.
 """
 from __future__ import annotations
 
