@@ -1,6 +1,6 @@
 """Every endpoint and error path through Flask's test client.
 
-Requests run on the 64 px disc model (tests/test_removebg.py's env), which finds photo()'s disc in
+Requests run on the 64 px disc model (the disc_model mark), which finds photo()'s disc in
 milliseconds; the tests of the default model, its status and its files unset MODEL_PATH and so run the
 bundled u2netp.
 """
@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from tests.conftest import image_bytes, photo, upload, wait_for_state
-from tests.test_removebg import env  # noqa: F401 (the disc model)
+
+pytestmark = pytest.mark.disc_model
 
 BUNDLED = {"MODEL_PATH": ""}  # the default model, as a fresh checkout serves it
 

@@ -1,6 +1,6 @@
 """flask remove INPUT... --out DIR: the same pipeline as HTTP, files and folders, per-file failures.
 
-make_app runs the 64 px disc model (tests/test_removebg.py's env), which finds photo()'s disc; `fast` a
+make_app runs the 64 px disc model (the disc_model mark), which finds photo()'s disc; `fast` a
 32 px model that finds nothing, for the tests of files and options alone.
 """
 from pathlib import Path
@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from tests.conftest import image_bytes, photo, tiny_onnx
-from tests.test_removebg import env  # noqa: F401 (the disc model)
+
+pytestmark = pytest.mark.disc_model
 
 
 def write_inputs(folder: Path) -> None:

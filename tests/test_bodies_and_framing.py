@@ -14,7 +14,8 @@ from PIL import Image
 
 from tests.conftest import image_bytes, photo, upload
 from tests.test_api import assert_json_error
-from tests.test_removebg import env  # noqa: F401 (this module's apps run on the disc model too)
+
+pytestmark = pytest.mark.disc_model
 
 PHOTO = image_bytes(photo((96, 64)), "PNG")
 B64 = base64.b64encode(PHOTO).decode()

@@ -1,6 +1,6 @@
 """CORS_ORIGINS: no CORS headers unless set; listed origins (or *) get them, preflights included, without the key.
 
-Requests run on the 64 px disc model (tests/test_removebg.py's env): these tests are about headers.
+Requests run on the 64 px disc model (the disc_model mark): these tests are about headers.
 """
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from werkzeug.wrappers import Response
 
 from app.config import Config, ConfigError
 from tests.conftest import image_bytes, photo, served, upload
-from tests.test_removebg import env  # noqa: F401 (the disc model)
+
+pytestmark = pytest.mark.disc_model
 
 PREFLIGHT = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST",
              "Access-Control-Request-Headers": "authorization, x-api-key, x-request-id"}

@@ -1,7 +1,7 @@
 """Issue 10: memory bounded by decode cost, PNG text not held, MPO served, clear_cache under load, 413 messages.
 
 Small generated inputs; the memory figures themselves are in bench/hostile.py, not here. Requests run on the
-64 px disc model (tests/test_removebg.py's env): these tests are about limits, decoding and the queue.
+64 px disc model (the disc_model mark): these tests are about limits, decoding and the queue.
 """
 from __future__ import annotations
 
@@ -21,8 +21,9 @@ from app.services import isnet_tiny_service
 from tests.conftest import image_bytes, photo, upload
 from tests.test_api import assert_json_error
 from tests.test_imaging import png_header_only
-from tests.test_removebg import env  # noqa: F401 (the disc model)
 from tests.test_service import loaded_with_slow_session
+
+pytestmark = pytest.mark.disc_model
 
 MAX_PIXELS = 40_000_000
 

@@ -1,6 +1,6 @@
 """Property-based: random bytes, truncated files and random valid images only ever give 200 or 4xx JSON.
 
-On the 64 px disc model (tests/test_removebg.py's env): these are about decoding and error paths, not masks.
+On the 64 px disc model (conftest's disc_onnx): these are about decoding and error paths, not masks.
 """
 from __future__ import annotations
 
@@ -8,12 +8,14 @@ import io
 from pathlib import Path
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
 from tests.conftest import image_bytes, upload
-from tests.test_removebg import env  # noqa: F401 (the disc model)
+
+pytestmark = pytest.mark.disc_model
 
 FORMATS = ["PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP"]
 MODES = ["RGB", "RGBA", "L", "LA", "P", "1", "CMYK", "I;16"]

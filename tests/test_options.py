@@ -1,6 +1,6 @@
 """The optional output options on /remove and /change_color; defaults stay as the seed's contract.
 
-On the 64 px disc model (tests/test_removebg.py's env), which finds photo()'s disc; the photo's cutout
+On the 64 px disc model (the disc_model mark), which finds photo()'s disc; the photo's cutout
 (WebP against PNG) runs the bundled u2netp.
 """
 import io
@@ -11,7 +11,8 @@ from PIL import Image
 
 from tests.conftest import FIXTURES, image_bytes, photo, upload
 from tests.test_api import BUNDLED, assert_json_error
-from tests.test_removebg import env  # noqa: F401 (the disc model)
+
+pytestmark = pytest.mark.disc_model
 
 PHOTO = image_bytes(photo((96, 64)), "PNG")
 

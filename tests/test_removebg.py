@@ -13,47 +13,15 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper
 from PIL import Image
 
 from tests.conftest import image_bytes, photo, served
 
+pytestmark = pytest.mark.disc_model
+
 PHOTO = image_bytes(photo((96, 64)), "PNG")
 B64 = base64.b64encode(PHOTO).decode()
-
-
-def disc_onnx(path: Path, size: int = 64) -> Path:
-    """A model that finds photo()'s bright disc, crisply, at `size` px: sigmoid(40 * (channel mean - 0.36)).
-
-    After the pipeline's normalisation the disc's channel mean is about 0.46 and the gradient's at most
-    0.26, so the mask is ~1 on the disc and ~0 elsewhere, soft only where it is resized to the photo.
-    These tests are about the translation (fields, sizes, boxes, headers), so they need a subject with a
-    known box, not u2netp's seconds of inference per request on a busy machine.
-    """
-    inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, size, size])
-    out = helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 1, size, size])
-    nodes = [
-        helper.make_node("ReduceMean", ["input", "axes"], ["mean"], keepdims=1),
-        helper.make_node("Sub", ["mean", "threshold"], ["centred"]),
-        helper.make_node("Mul", ["centred", "gain"], ["logit"]),
-        helper.make_node("Sigmoid", ["logit"], ["output"]),
-    ]
-    constants = [helper.make_tensor("axes", TensorProto.INT64, [1], [1]),
-                 helper.make_tensor("threshold", TensorProto.FLOAT, [], [0.36]),
-                 helper.make_tensor("gain", TensorProto.FLOAT, [], [40.0])]
-    model = helper.make_model(helper.make_graph(nodes, "disc", [inp], [out], initializer=constants),
-                              opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 9
-    onnx.save(model, str(path))
-    return path
-
-
-@pytest.fixture
-def env(env: dict[str, str], tmp_path: Path) -> dict[str, str]:
-    """The conftest environment on the disc model (MODEL_PATH) instead of the bundled u2netp."""
-    return {**env, "MODEL_PATH": str(disc_onnx(tmp_path / "disc.onnx"))}
 
 
 def image_server(files: dict[str, bytes]) -> Callable:
