@@ -1,23 +1,29 @@
 """gunicorn settings: one worker (one model in memory), a few threads, a quiet start.
 
 No setting here limits a single request's time (see `timeout`): a request is bounded by QUEUE_TIMEOUT_S
-for its wait and by the inference itself (README-isnet-tiny.md, Deployment).
+for its wait and by the inference itself (docs/operations.md, Time limits). The front's bounds on what a
+client may hold (connections, deadlines, buffers) are environment settings read by app/config.py:
+MAX_CONNECTIONS, HEADER_TIMEOUT_S, BODY_TIMEOUT_S, SEND_TIMEOUT_S, BODY_MEMORY_MB, SPOOL_MAX_MB,
+RESPONSE_MEMORY_MB (docs/operations.md, "Slow clients: the HTTP front").
 """
 import os
 
 bind = f"0.0.0.0:{os.environ.get('PORT', '5000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
-# gunicorn's asyncio worker parses requests and buffers whole bodies before a thread sees them, so slow or
-# idle clients hold no thread (app/front.py; README "Slow clients").
-worker_class = "app.front.BufferedWsgiWorker"
+# uvicorn's gunicorn worker parses requests on an event loop; app/front.py buffers whole bodies before a
+# thread sees them and hands responses back to the loop, so slow or idle clients hold no thread.
+worker_class = "app.front.FrontWorker"
 # Threads run only fully received requests: the one running inference, MAX_QUEUE (8) waiting uploads, and
 # spares so that /health and /status answer at once under load. Waiting requests hold only their spooled upload.
 threads = int(os.environ.get("GUNICORN_THREADS", "12"))
-# The arbiter restarts a worker whose heartbeat stops for this long (a wedged process). It is not a
-# per-request limit: a threaded worker keeps beating while its threads serve slow requests.
-timeout = 60
+# The watchdog: the worker beats only when a /api/bg/health request run through its own thread pool has
+# answered (app/front.py, probed every 2 s), so the arbiter replaces a worker that cannot serve (every
+# thread stuck, a deadlock, a blocked event loop) within `timeout` + 2 s. It is not a per-request limit:
+# health needs one free thread, and GUNICORN_THREADS keeps spares beyond the inference queue.
+timeout = 20
 # On SIGTERM, in-flight requests get this long to finish; railway.toml's drainingSeconds covers it.
 graceful_timeout = 30
+# Idle time allowed between two requests on one connection (uvicorn's timeout_keep_alive).
 keepalive = 5
 max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "0"))
 max_requests_jitter = 50

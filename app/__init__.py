@@ -25,7 +25,9 @@ REQUEST_ID_HEADER = "X-Request-ID"
 # An incoming ID is echoed only when it is short and plain, so it cannot forge log lines or bloat them.
 SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 CORS_ALLOW_HEADERS = ["Authorization", "X-API-Key", "Content-Type", REQUEST_ID_HEADER]
-CORS_EXPOSE_HEADERS = ["Content-Disposition", REQUEST_ID_HEADER, "Retry-After"]
+CORS_EXPOSE_HEADERS = ["Content-Disposition", REQUEST_ID_HEADER, "Retry-After", "X-Width", "X-Height", "X-Type",
+                       "X-Credits-Charged", "X-Foreground-Top", "X-Foreground-Left", "X-Foreground-Width",
+                       "X-Foreground-Height"]
 
 
 class SpoolingRequest(Request):
@@ -159,6 +161,7 @@ def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
     """Build the app. `config` is a Config, an environment-like mapping (tests), or None for os.environ."""
     from app.api.bg_removal_api import bp
     from app.api.docs import docs_bp
+    from app.api.removebg_api import bp as removebg_bp
     from app.cli import register_cli
     from app.services.isnet_tiny_service import IsnetTinyService, tune_malloc
 
@@ -184,6 +187,7 @@ def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
         service.preload()  # in the background: the server starts listening at once, health says 503 until ready
     _register_request_hooks(app, config)
     app.register_blueprint(bp)
+    app.register_blueprint(removebg_bp)
     app.register_blueprint(docs_bp)
     if config.metrics:
         from app.metrics import install_metrics  # prometheus_client only when metrics are on

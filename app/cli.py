@@ -96,8 +96,19 @@ def _flag(flag: str, parse: Callable[[str | None], T], text: str | None) -> T:
         raise click.BadParameter(exc.message, param_hint=flag) from None
 
 
+@dataclass(frozen=True)
+class Framing:
+    """The flags shared with the HTTP options of the same names (each parsed by the pipeline's own parser)."""
+
+    roi: str | None = None
+    scale: str | None = None
+    position: str | None = None
+    max_megapixels: str | None = None
+    semitransparency: bool = True
+
+
 def _batch_options(fmt: str | None, only_mask: bool, crop: bool, crop_margin: str | None, color: str | None,
-                   bg_image: Path | None) -> pipeline.Options:
+                   bg_image: Path | None, framing: Framing = Framing()) -> pipeline.Options:
     """The same rules as the HTTP form: each bad or misplaced option is a usage error naming the flag."""
     if crop_margin is not None and not crop:
         raise click.UsageError("--crop-margin needs --crop")
@@ -110,7 +121,13 @@ def _batch_options(fmt: str | None, only_mask: bool, crop: bool, crop_margin: st
     if rgba is not None and rgba[3] < 255 and output_format == "jpeg":
         raise click.UsageError("a colour with alpha below 255 needs --format png or webp; JPEG has no transparency")
     return pipeline.Options(fmt=output_format, only_mask=only_mask, crop=crop,
-                            crop_margin=_flag("--crop-margin", pipeline.parse_margin, crop_margin), color=rgba)
+                            crop_margin=_flag("--crop-margin", pipeline.parse_margin, crop_margin), color=rgba,
+                            roi=_flag("--roi", pipeline.parse_roi, framing.roi),
+                            scale=_flag("--scale", pipeline.parse_scale, framing.scale),
+                            position=_flag("--position", pipeline.parse_position, framing.position),
+                            max_megapixels=_flag("--max-megapixels", pipeline.parse_megapixels,
+                                                 framing.max_megapixels),
+                            semitransparency=framing.semitransparency)
 
 
 def register_batch(app: Flask) -> None:
@@ -118,11 +135,19 @@ def register_batch(app: Flask) -> None:
     @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
     @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
                   help="output folder; input folders keep their sub-folders under it (default: PROCESSED_FOLDER)")
-    @click.option("--format", "fmt", type=click.Choice(["png", "webp", "jpeg", "jpg"], case_sensitive=False),
-                  help="output format (default png; jpeg with --color or --bg-image)")
+    @click.option("--format", "fmt", type=click.Choice(list(pipeline.FORMATS), case_sensitive=False),
+                  help="output format (default png; jpeg with --color or --bg-image); auto: PNG where the result "
+                       "has transparency, else JPEG; zip: color.jpg and alpha.png")
     @click.option("--only-mask", is_flag=True, help="write the 8-bit mask alone")
     @click.option("--crop", is_flag=True, help="crop to the subject")
-    @click.option("--crop-margin", help="with --crop: margin around the subject, '20', '20px' or '10%%'")
+    @click.option("--crop-margin", help="with --crop: margin around the subject, '20', '20px' or '10%%'; "
+                                        "1, 2 or 4 values as in CSS")
+    @click.option("--roi", help="region of interest 'x1 y1 x2 y2' in px or %%: only the subject inside is kept")
+    @click.option("--scale", help="the subject's size on the canvas, 10%%-100%% (implies --position center)")
+    @click.option("--position", help="'center' or one or two percentages (horizontal vertical) on the canvas")
+    @click.option("--max-megapixels", help="at most this many million pixels in each result")
+    @click.option("--semitransparency/--no-semitransparency", default=True,
+                  help="--no-semitransparency: every pixel fully opaque or fully transparent")
     @click.option("--color", "--bg-color", "color",
                   help="put the subject on this colour instead of transparency (#RRGGBB, #RRGGBBAA, R,G,B, name)")
     @click.option("--bg-image", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -130,11 +155,14 @@ def register_batch(app: Flask) -> None:
     @click.option("--max-dimension", type=click.IntRange(min=1),
                   help="long side of the results in pixels (default: each input's own size, up to MAX_PIXELS)")
     def remove(inputs: tuple[Path, ...], out_dir: Path | None, fmt: str | None, only_mask: bool, crop: bool,
-               crop_margin: str | None, color: str | None, bg_image: Path | None, max_dimension: int | None) -> None:
+               crop_margin: str | None, roi: str | None, scale: str | None, position: str | None,
+               max_megapixels: str | None, semitransparency: bool, color: str | None, bg_image: Path | None,
+               max_dimension: int | None) -> None:
         """Remove the background of image files or folders without the HTTP server, at full size by default."""
         config: Config = current_app.config["PIXPORT"]
         service = current_app.extensions["isnet_tiny"]
-        options = _batch_options(fmt, only_mask, crop, crop_margin, color, bg_image)
+        options = _batch_options(fmt, only_mask, crop, crop_margin, color, bg_image,
+                                 Framing(roi, scale, position, max_megapixels, semitransparency))
         # config.max_dimension caps HTTP results; here the default is the input's own size. No image that
         # passed open_checked's MAX_PIXELS check has a long side above max_pixels, so that never shrinks.
         run_config = replace(config, max_dimension=max_dimension or config.max_pixels)

@@ -6,17 +6,17 @@ import re
 from PIL import ImageColor
 
 ACCEPTED_FORMS = (
-    "'#RGB', '#RRGGBB', '#RRGGBBAA', 'R,G,B' with each value 0-255, or a CSS colour name "
+    "'#RGB', '#RGBA', '#RRGGBB', '#RRGGBBAA', 'R,G,B' with each value 0-255, or a CSS colour name "
     "(for example '#00FF00', '255,0,0' or 'rebeccapurple')"
 )
 
-_HEX = re.compile(r"#?([0-9a-fA-F]{3}|[0-9a-fA-F]{6}|[0-9a-fA-F]{8})")
+_HEX = re.compile(r"#?([0-9a-fA-F]{3,4}|[0-9a-fA-F]{6}|[0-9a-fA-F]{8})")
 _TRIPLE = re.compile(r"\s*(\d{1,3})\s*,\s*(\d{1,3})\s*,\s*(\d{1,3})\s*")
 WHITE = (255, 255, 255, 255)
 
 
 def parse_color(text: str | None, default: tuple[int, int, int, int] = WHITE) -> tuple[int, int, int, int]:
-    """Parse '#0F0', '#00FF00', '#00FF0080', '00FF00', '0,255,0' or 'white' into (R, G, B, A).
+    """Parse '#0F0', '#0F08', '#00FF00', '#00FF0080', '00FF00', '0,255,0' or 'white' into (R, G, B, A).
 
     Raises ValueError naming the accepted forms.
     """
@@ -26,7 +26,7 @@ def parse_color(text: str | None, default: tuple[int, int, int, int] = WHITE) ->
     match = _HEX.fullmatch(value)
     if match:
         digits = match.group(1)
-        if len(digits) == 3:
+        if len(digits) in (3, 4):
             digits = "".join(ch * 2 for ch in digits)
         if len(digits) == 6:
             digits += "ff"

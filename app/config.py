@@ -97,6 +97,16 @@ def _origins(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return origins
 
 
+def _spool_max_mb(env: Mapping[str, str], max_file_size_mb: int) -> int:
+    """SPOOL_MAX_MB: room on disk for request bodies in flight; at least one whole request must fit."""
+    value = _number(env, "SPOOL_MAX_MB", 256, 1, 1_000_000)
+    needed = -(-Config(max_file_size_mb=max_file_size_mb).max_request_bytes // (1024 * 1024))
+    if value < needed:
+        raise ConfigError(f"SPOOL_MAX_MB={value} cannot hold one upload of MAX_FILE_SIZE_MB={max_file_size_mb} "
+                          f"(as base64 with its form, {needed} MB); use {needed} or more")
+    return value
+
+
 def base64_length(size: int) -> int:
     """Characters of base64 (with padding) that encode `size` bytes."""
     return (size + 2) // 3 * 4
@@ -129,6 +139,14 @@ class Config:
     cors_origins: tuple[str, ...] = ()
     image_url_allow_private: bool = False
     image_url_timeout_s: float = 10.0
+    # The HTTP front (app/front.py, docs/operations.md "Slow clients"): bounds no client can push past.
+    max_connections: int = 2000
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 60.0
+    send_timeout_s: float = 30.0
+    body_memory_mb: int = 16
+    spool_max_mb: int = 256
+    response_memory_mb: int = 32
 
     @property
     def max_content_length(self) -> int:
@@ -166,6 +184,7 @@ class Config:
         if isnet_source is not None and not isnet_source.is_file():
             raise ConfigError(f"ISNET_SOURCE={isnet_source_raw!r} is not a file")
         flask_env = env.get("FLASK_ENV", "").strip().lower() or "production"
+        max_file_size_mb = _number(env, "MAX_FILE_SIZE_MB", 8, 1, 100)
         if flask_env not in ("production", "development", "testing"):
             raise ConfigError(f"FLASK_ENV={flask_env!r} must be production, development or testing")
         return cls(
@@ -180,7 +199,7 @@ class Config:
             model_base_url=_url(env, "MODEL_BASE_URL", REMBG_RELEASES),
             ort_threads=_threads(env),
             ort_arena=_flag(env, "ORT_ARENA"),
-            max_file_size_mb=_number(env, "MAX_FILE_SIZE_MB", 8, 1, 100),
+            max_file_size_mb=max_file_size_mb,
             max_dimension=_number(env, "MAX_DIMENSION", 1024, 64, 8192),
             max_pixels=_number(env, "MAX_PIXELS", 40_000_000, 1_000_000, 400_000_000),
             max_decode_mb=_number(env, "MAX_DECODE_MB", 300, 16, 65536),
@@ -192,4 +211,11 @@ class Config:
             cors_origins=_origins(env, "CORS_ORIGINS"),
             image_url_allow_private=_flag(env, "IMAGE_URL_ALLOW_PRIVATE"),
             image_url_timeout_s=_number(env, "IMAGE_URL_TIMEOUT_S", 10.0, 0.1, 60.0),
+            max_connections=_number(env, "MAX_CONNECTIONS", 2000, 10, 1_000_000),
+            header_timeout_s=_number(env, "HEADER_TIMEOUT_S", 10.0, 0.1, 600.0),
+            body_timeout_s=_number(env, "BODY_TIMEOUT_S", 60.0, 0.1, 3600.0),
+            send_timeout_s=_number(env, "SEND_TIMEOUT_S", 30.0, 0.1, 3600.0),
+            body_memory_mb=_number(env, "BODY_MEMORY_MB", 16, 1, 65536),
+            spool_max_mb=_spool_max_mb(env, max_file_size_mb),
+            response_memory_mb=_number(env, "RESPONSE_MEMORY_MB", 32, 1, 65536),
         )

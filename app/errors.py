@@ -20,7 +20,13 @@ class BadRequest(ApiError):
 
 
 class TooLarge(ApiError):
+    """Too many bytes (the upload, a download, a base64 field)."""
+
     status = 413
+
+
+class ResolutionTooHigh(TooLarge):
+    """Too many pixels, or a decode that would cost too much memory: remove.bg's resolution_too_high."""
 
 
 class UnsupportedMedia(ApiError):
@@ -38,3 +44,7 @@ class Unavailable(ApiError):
 
     def __init__(self, message: str, retry_after: int = 5) -> None:
         super().__init__(message, retry_after=retry_after)
+
+
+class Busy(Unavailable):
+    """The inference queue is full or the wait ran out: remove.bg clients expect 429 for this."""

@@ -1,26 +1,48 @@
-"""The HTTP front: gunicorn's own asyncio (ASGI) worker, with the Flask app behind a2wsgi's thread pool.
+"""The HTTP front: uvicorn's gunicorn worker (h11) with the Flask app behind a2wsgi's thread pool.
 
-gunicorn's gthread worker hands a connection to a thread as soon as its first byte arrives, and that
-thread then blocks reading the rest of the headers and the body: a dozen clients that send a byte every
-few seconds hold every thread, and /api/bg/health stops answering. Here the event loop parses every
-request, and BufferedBodies reads each whole body (spooled to a temporary file in UPLOAD_FOLDER past
-512 KB) before a thread is involved. A slow, stalled or idle client costs a coroutine and a few KB; the
-threads only ever run requests that have fully arrived. The HTTP parsing is gunicorn's, the WSGI
-bridge is a2wsgi's: this module only buffers bodies and renders gunicorn's own errors as JSON.
+A thread only ever runs a request that has fully arrived, and never waits on a client: bodies are read
+on the event loop first (BufferedBodies), and responses are handed to the event loop, which writes them
+as fast as the client reads (Outbox). Every resource a client can hold has a bound (Limits):
 
-gunicorn.conf.py selects it: worker_class = "app.front.BufferedWsgiWorker".
+- connections: past MAX_CONNECTIONS a connection's request gets 503 with Retry-After;
+- header deadline: a connection whose request head has not arrived HEADER_TIMEOUT_S after it opened is
+  closed (uvicorn's keep-alive timeout covers the time between requests; h11 bounds the head's size);
+- body deadline: a body not fully arrived BODY_TIMEOUT_S after its head gets 408;
+- request bodies: small ones in memory up to BODY_MEMORY_MB in total, the rest in anonymous temp files in
+  UPLOAD_FOLDER up to SPOOL_MAX_MB in total, reserved by Content-Length before a byte is read; past
+  either a request gets 503 with Retry-After at once;
+- responses waiting for slow readers: RESPONSE_MEMORY_MB in total; past it the connection is aborted;
+- send deadline: the kernel's send buffer is capped (SEND_BUFFER_BYTES); a connection whose write buffer has not drained (below the low-water mark) within
+  SEND_TIMEOUT_S of filling, or whose response's tail has not left the buffer SEND_TIMEOUT_S after the
+  response ended, is aborted, which releases every writer waiting on it (nginx's send_timeout).
+
+The worker's heartbeat means "can serve": it is sent only when a /api/bg/health request, run through
+this whole stack and the thread pool, has completed since the last one. A worker whose threads are all
+stuck (or whose event loop is) stops beating, and gunicorn's arbiter replaces it after `timeout`.
+
+gunicorn.conf.py selects it: worker_class = "app.front.FrontWorker".
 """
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import logging
+import socket
 import tempfile
-from http import HTTPStatus
-from typing import Any, Awaitable, Callable
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from types import SimpleNamespace
+from typing import IO, Any, Awaitable, Callable
 
+import h11
 from a2wsgi import WSGIMiddleware
-from gunicorn.asgi import protocol as gunicorn_protocol
-from gunicorn.workers import gasgi
+from werkzeug.wsgi import FileWrapper
+from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn_worker import UvicornWorker
+
+from app.config import Config
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -28,8 +50,297 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-SPOOL_IN_MEMORY_BYTES = 512 * 1024
+MB = 1024 * 1024
+SPOOL_IN_MEMORY_BYTES = 512 * 1024  # a body up to this size may stay in memory (within BODY_MEMORY_MB)
 REPLAY_CHUNK_BYTES = 64 * 1024
+# A file response (send_file: the Swagger bundle, the page's assets) in blocks of this size rather than
+# werkzeug's 8 KB: each block crosses from a thread to the event loop, and a 1 MB file in 128 crossings
+# kept the threads busy long enough under slowhttptest -X to delay health by seconds.
+FILE_CHUNK_BYTES = 256 * 1024
+RETRY_AFTER_S = 5
+# A request head's size: h11 refuses an incomplete head past it (its own default); the Front refuses a
+# complete one past it with 431 (h11 accepts a longer head that arrives in one read).
+MAX_HEAD_BYTES = 16 * 1024
+# The kernel's send buffer per connection (SO_SNDBUF, like nginx's `listen ... sndbuf=`): left to autotuning,
+# a client that stops reading can park megabytes per connection in kernel memory, which a container's
+# memory limit counts, and the send deadline would never see a full buffer.
+SEND_BUFFER_BYTES = 64 * 1024
+PROBE_INTERVAL_S = 2.0
+CONNECTION = "pixport.connection"  # the scope["state"] key that carries the request's connection
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The front's bounds, from Config (app/config.py documents each)."""
+
+    max_connections: int
+    header_timeout_s: float
+    body_timeout_s: float
+    send_timeout_s: float
+    body_memory_bytes: int
+    spool_bytes: int
+    response_memory_bytes: int
+    max_body: int | None
+
+    @classmethod
+    def from_config(cls, config: Config, max_body: int | None) -> "Limits":
+        return cls(config.max_connections, config.header_timeout_s, config.body_timeout_s, config.send_timeout_s,
+                   config.body_memory_mb * MB, config.spool_max_mb * MB, config.response_memory_mb * MB, max_body)
+
+
+class Budget:
+    """A total shared by every connection of the worker (used only on the event loop thread)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.used = 0
+        self.peak = 0
+
+    def take(self, amount: int) -> bool:
+        if self.used + amount > self.capacity:
+            return False
+        self.used += amount
+        self.peak = max(self.peak, self.used)
+        return True
+
+    def give(self, amount: int) -> None:
+        self.used -= amount
+
+
+class Refused(Exception):
+    """A bound was reached: the client gets `status` with Retry-After."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+# --------------------------------------------------------------------------- the connection
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol plus the connection bound, the header deadline and the send deadline.
+
+    Subclassed per worker with its Limits (guarded_protocol). Each request's scope["state"] carries the
+    connection, so the ASGI layers can see whether it may write and abort it.
+    """
+
+    limits: Limits
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.overloaded = False
+        self.writing_paused = False
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._send_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+        self.overloaded = len(self.connections) > self.limits.max_connections
+        self.app_state = {**self.app_state, CONNECTION: self}
+        self._header_timer = self.loop.call_later(self.limits.header_timeout_s, self._header_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for timer in (self._header_timer, self._send_timer):
+            if timer is not None:
+                timer.cancel()
+        self._header_timer = self._send_timer = None
+        self.writing_paused = False
+        super().connection_lost(exc)
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        if self.cycle is not None and self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _header_timeout(self) -> None:
+        self._header_timer = None
+        if self.cycle is None and not self.transport.is_closing():
+            log.debug("closing %s: no request head within %.0f s", self.client, self.limits.header_timeout_s)
+            self.transport.close()
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self.writing_paused = True
+        self._arm_send_timer()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self.writing_paused = False
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+
+    def on_response_complete(self) -> None:
+        if self.transport.get_write_buffer_size():
+            self._arm_send_timer()  # the response's tail must reach the client too, even on close
+        super().on_response_complete()
+
+    def _arm_send_timer(self) -> None:
+        if self._send_timer is None:
+            self._send_timer = self.loop.call_later(self.limits.send_timeout_s, self._send_timeout)
+
+    def _send_timeout(self) -> None:
+        self._send_timer = None
+        if self.writing_paused or self.transport.get_write_buffer_size():
+            self.abort(f"the client read nothing for {self.limits.send_timeout_s:.0f} s")
+
+    def abort(self, why: str) -> None:
+        """Drop the connection now (no flush): connection_lost releases whoever waits to write to it."""
+        if not self.transport.is_closing() or self.transport.get_write_buffer_size():
+            log.debug("aborting %s: %s", self.client, why)
+            self.transport.abort()
+
+    def send_400_response(self, msg: str) -> None:
+        """h11's refusals (malformed requests, an oversized head) as JSON, like every other error."""
+        pending, _ = self.conn.trailing_data
+        if len(pending) > MAX_HEAD_BYTES:
+            status, message = 431, "the request's header fields are too large"
+        else:
+            status, message = 400, "invalid HTTP request"
+        body = json.dumps({"error": message}).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                   (b"connection", b"close")]
+        for event in (h11.Response(status_code=status, headers=headers), h11.Data(data=body), h11.EndOfMessage()):
+            self.transport.write(self.conn.send(event))
+        self.transport.close()
+
+
+def guarded_protocol(limits: Limits) -> type[GuardedH11Protocol]:
+    return type("GuardedH11Protocol", (GuardedH11Protocol,), {"limits": limits})
+
+
+# --------------------------------------------------------------------------- responses
+
+
+class Outbox:
+    """An ASGI send that never makes the app wait for the client.
+
+    While the connection can take data, messages go straight to uvicorn. Once it is backed up, they wait
+    here, counted against the worker's response budget, and a task writes them as the client reads. If
+    the budget is spent the connection is aborted; after that, messages are dropped, so the thread that
+    produces them finishes at once.
+    """
+
+    def __init__(self, send: Send, conn: GuardedH11Protocol, budget: Budget) -> None:
+        self._send = send
+        self._conn = conn
+        self._budget = budget
+        self._queue: list[tuple[Message, int]] = []
+        self._writer: asyncio.Task | None = None
+        self.dropped = False
+        self.status: int | None = None
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.sent = 0
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status, self.headers = message["status"], list(message.get("headers", []))
+        if self.dropped:
+            return
+        if self._writer is None and not self._conn.writing_paused:
+            await self._deliver(message)
+            return
+        size = len(message.get("body", b""))
+        if not self._budget.take(size):
+            self._drop(f"the response buffer ({self._budget.capacity // MB} MB for all clients) is full")
+            return
+        self._queue.append((message, size))
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._write())
+
+    async def _deliver(self, message: Message) -> None:
+        await self._send(message)
+        self.sent += len(message.get("body", b""))
+
+    async def _write(self) -> None:
+        try:
+            while self._queue and not self.dropped:
+                message, size = self._queue.pop(0)
+                self._budget.give(size)
+                await self._deliver(message)
+        finally:
+            self._release()
+            self._writer = None
+
+    def _drop(self, why: str) -> None:
+        self.dropped = True
+        self._release()
+        self._conn.abort(why)
+
+    def _release(self) -> None:
+        self._budget.give(sum(size for _, size in self._queue))
+        self._queue.clear()
+
+    async def flushed(self) -> None:
+        """Wait (as a coroutine, not a thread) until every message has been written or dropped."""
+        while self._writer is not None:
+            await asyncio.shield(self._writer)
+
+
+# --------------------------------------------------------------------------- request bodies
+
+
+class _Body:
+    """One request body: in memory within the memory budget, else in an anonymous temp file."""
+
+    def __init__(self, memory: Budget, disk: Budget, spool_dir: str | None) -> None:
+        self._memory, self._disk, self._spool_dir = memory, disk, spool_dir
+        self.file: IO[bytes] = io.BytesIO()
+        self.size = 0
+        self._in_memory = 0
+        self._on_disk = 0
+        self._reserved = 0  # disk reserved up front from Content-Length
+
+    def reserve(self, declared: int) -> None:
+        """A large declared body goes straight to disk: reserve all of it now or refuse before reading."""
+        if declared <= SPOOL_IN_MEMORY_BYTES and self._memory.take(declared):
+            self._in_memory = declared
+            self._reserved = -1  # memory reserved: writes need no more
+            return
+        if not self._disk.take(declared):
+            raise Refused(503, "the server is receiving too many uploads; try again shortly")
+        self._reserved = self._on_disk = declared
+        self._to_disk()
+
+    def write(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self._reserved:
+            self.file.write(chunk)
+            return
+        if isinstance(self.file, io.BytesIO):
+            if self.size <= SPOOL_IN_MEMORY_BYTES and self._memory.take(len(chunk)):
+                self._in_memory += len(chunk)
+                self.file.write(chunk)
+                return
+            self._to_disk()
+        if not self._disk.take(len(chunk)):
+            raise Refused(503, "the server is receiving too many uploads; try again shortly")
+        self._on_disk += len(chunk)
+        self.file.write(chunk)
+
+    def _to_disk(self) -> None:
+        held = self.file.getvalue() if isinstance(self.file, io.BytesIO) else b""
+        if held and not self._disk.take(len(held)):
+            raise Refused(503, "the server is receiving too many uploads; try again shortly")
+        self._on_disk += len(held)
+        self.file = tempfile.TemporaryFile(dir=self._spool_dir)
+        self.file.write(held)
+        self._memory.give(self._in_memory)
+        self._in_memory = 0
+
+    def close(self) -> None:
+        self.file.close()
+        self._memory.give(self._in_memory)
+        self._disk.give(self._on_disk)
+        self._in_memory = self._on_disk = 0
 
 
 class BufferedBodies:
@@ -37,47 +348,54 @@ class BufferedBodies:
 
     A body whose Content-Length is over `max_body` is not read: the app sees the header and answers 413
     itself. A chunked body is read up to max_body + 1 bytes and handed on with that length, with the
-    same result. A body that has not fully arrived after `body_timeout_s` gets 408.
+    same result. A body that has not fully arrived after `body_timeout_s` gets 408; one that does not fit
+    the worker's budgets gets 503 with Retry-After.
     """
 
-    def __init__(self, app: ASGIApp, max_body: int | None, spool_dir: str | None, body_timeout_s: float) -> None:
+    def __init__(self, app: ASGIApp, limits: Limits, spool_dir: str | None, memory: Budget, disk: Budget) -> None:
         self.app = app
-        self.max_body = max_body
+        self.limits = limits
         self.spool_dir = spool_dir
-        self.body_timeout_s = body_timeout_s
+        self.memory = memory
+        self.disk = disk
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
         declared = _content_length(scope)
-        if declared is not None and self.max_body is not None and declared > self.max_body:
+        max_body = self.limits.max_body
+        if scope["type"] != "http" or declared == 0 or (
+                declared is not None and max_body is not None and declared > max_body):
             await self.app(scope, receive, send)
             return
-        with tempfile.SpooledTemporaryFile(SPOOL_IN_MEMORY_BYTES, dir=self.spool_dir) as spool:
+        body = _Body(self.memory, self.disk, self.spool_dir)
+        try:
             try:
-                received = await asyncio.wait_for(self._receive_body(receive, spool), self.body_timeout_s)
+                if declared is not None:
+                    body.reserve(declared)
+                received = await asyncio.wait_for(self._receive_body(receive, body), self.limits.body_timeout_s)
             except asyncio.TimeoutError:
-                await _send_json(send, 408, f"the request body did not arrive within {self.body_timeout_s:.0f} s")
+                await send_json(send, 408,
+                                f"the request body did not arrive within {self.limits.body_timeout_s:.0f} s")
+                return
+            except Refused as refused:
+                await send_json(send, refused.status, refused.message, retry_after=RETRY_AFTER_S)
                 return
             if received is None:
                 return  # the client went away
-            spool.seek(0)
-            await self.app(_with_length(scope, received), _replay(spool, receive), send)
+            body.file.seek(0)
+            await self.app(_with_length(scope, received), _replay(body.file, receive), send)
+        finally:
+            body.close()
 
-    async def _receive_body(self, receive: Receive, spool: Any) -> int | None:
-        total = 0
+    async def _receive_body(self, receive: Receive, body: _Body) -> int | None:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
                 return None
-            chunk = message.get("body", b"")
-            spool.write(chunk)
-            total += len(chunk)
-            if self.max_body is not None and total > self.max_body:
-                return total  # the app refuses it by its length without reading it
+            body.write(message.get("body", b""))
+            if self.limits.max_body is not None and body.size > self.limits.max_body:
+                return body.size  # the app refuses it by its length without reading it
             if not message.get("more_body", False):
-                return total
+                return body.size
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -98,7 +416,7 @@ def _with_length(scope: Scope, length: int) -> Scope:
     return {**scope, "headers": headers}
 
 
-def _replay(spool: Any, receive: Receive) -> Receive:
+def _replay(spool: IO[bytes], receive: Receive) -> Receive:
     """An ASGI receive that hands out the spooled body, then passes the client's disconnect through."""
     finished = False
 
@@ -114,46 +432,126 @@ def _replay(spool: Any, receive: Receive) -> Receive:
     return replay
 
 
-async def _send_json(send: Send, status: int, message: str) -> None:
+async def send_json(send: Send, status: int, message: str, retry_after: int | None = None) -> None:
     body = json.dumps({"error": message}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+               (b"connection", b"close")]
+    if retry_after is not None:
+        headers.append((b"retry-after", str(retry_after).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
-class JsonErrorProtocol(gunicorn_protocol.ASGIProtocol):
-    """gunicorn's HTTP protocol, with the errors it answers itself (malformed requests, oversized headers,
-    Content-Length with Transfer-Encoding...) as `{"error": ...}` JSON like every other error."""
+# --------------------------------------------------------------------------- the stack
 
-    def _send_error_response(self, status: int, message: str, extra_headers: Any = ()) -> None:
-        body = json.dumps({"error": f"{message}".strip() or "bad request"}).encode()
+
+AccessLog = Callable[[Scope, Outbox, float], None]
+
+
+class Front:
+    """The ASGI app uvicorn serves: the connection bound, the Outbox, BufferedBodies, then a2wsgi."""
+
+    def __init__(self, wsgi_app: Any, threads: int, limits: Limits, spool_dir: str | None,
+                 access_log: AccessLog | None = None) -> None:
+        self.limits = limits
+        self.memory = Budget(limits.body_memory_bytes)
+        self.disk = Budget(limits.spool_bytes)
+        self.responses = Budget(limits.response_memory_bytes)
+        self.bodies = BufferedBodies(WSGIMiddleware(_with_file_wrapper(wsgi_app), workers=threads), limits, spool_dir,
+                                     self.memory, self.disk)
+        self.access_log = access_log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        conn = scope.get("state", {}).get(CONNECTION)
+        if scope["type"] != "http" or conn is None:
+            await self.bodies(scope, receive, send)
+            return
+        started = time.monotonic()
+        outbox = Outbox(send, conn, self.responses)
+        names = [name.lower() for name, _ in scope.get("headers", [])]
         try:
-            reason = HTTPStatus(status).phrase
-        except ValueError:
-            reason = "Error"
-        extra = "".join(f"{name}: {value}\r\n" for name, value in extra_headers)
-        head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(body)}\r\n{extra}Connection: close\r\n\r\n")
-        self._safe_write(head.encode("latin-1"))
-        self._safe_write(body)
+            if conn.overloaded:
+                await send_json(outbox.send, 503, "the server has too many open connections; try again shortly",
+                                retry_after=RETRY_AFTER_S)
+            elif sum(len(name) + len(value) + 4 for name, value in scope.get("headers", [])) > MAX_HEAD_BYTES:
+                await send_json(outbox.send, 431, "the request's header fields are too large")
+            elif b"content-length" in names and b"transfer-encoding" in names:
+                # h11 lets Transfer-Encoding win; a proxy in front may not (request smuggling): refuse both.
+                await send_json(outbox.send, 400, "a request may not have both Content-Length and Transfer-Encoding")
+            else:
+                await self.bodies(scope, receive, outbox.send)
+        finally:
+            await outbox.flushed()
+            if self.access_log is not None:
+                self.access_log(scope, outbox, time.monotonic() - started)
+
+    async def probe(self) -> bool:
+        """Run GET /api/bg/health through the stack and the thread pool: True once it has answered."""
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+                 "scheme": "http", "path": "/api/bg/health", "raw_path": b"/api/bg/health", "query_string": b"",
+                 "root_path": "", "headers": [(b"host", b"localhost"), (b"x-request-id", b"watchdog")],
+                 "client": ("127.0.0.1", 0), "server": ("127.0.0.1", 0), "state": {}}
+        answered = False
+
+        async def receive() -> Message:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: Message) -> None:
+            nonlocal answered
+            answered = answered or (message["type"] == "http.response.body" and not message.get("more_body"))
+
+        await self(scope, receive, send)
+        return answered
 
 
-class BufferedWsgiWorker(gasgi.ASGIWorker):
-    """gunicorn's ASGI worker serving a WSGI app: bodies buffered first, then run on `threads` threads."""
+def _with_file_wrapper(wsgi_app: Any) -> Any:
+    """The WSGI app with a server-side `wsgi.file_wrapper` (PEP 3333) that reads FILE_CHUNK_BYTES at a time."""
 
-    @classmethod
-    def check_config(cls, cfg: Any, log: Any) -> None:
-        """The ASGI worker warns that `threads` is unused; here it sizes the WSGI thread pool."""
+    def file_wrapper(file: IO[bytes], block_size: int = FILE_CHUNK_BYTES) -> FileWrapper:
+        return FileWrapper(file, max(block_size, FILE_CHUNK_BYTES))
 
-    def init_process(self) -> None:
-        gasgi.ASGIProtocol = JsonErrorProtocol  # the worker creates its connections with this name
-        super().init_process()
+    def app(environ: dict, start_response: Any) -> Any:
+        environ["wsgi.file_wrapper"] = file_wrapper
+        return wsgi_app(environ, start_response)
+
+    return app
+
+
+class FrontWorker(UvicornWorker):
+    """uvicorn's gunicorn worker with the Front, and a heartbeat that means "a request was served"."""
+
+    CONFIG_KWARGS: dict[str, Any] = {"loop": "asyncio", "http": "h11", "lifespan": "off", "interface": "asgi3",
+                                     "access_log": False, "h11_max_incomplete_event_size": MAX_HEAD_BYTES}
 
     def load_wsgi(self) -> None:
         wsgi_app = self.app.wsgi()
         flask_config = getattr(wsgi_app, "config", {})
-        settings = flask_config.get("PIXPORT")
-        spool_dir = str(settings.upload_folder) if settings is not None else None
-        bridge = WSGIMiddleware(wsgi_app, workers=max(1, self.cfg.threads))
-        self.asgi = BufferedBodies(bridge, flask_config.get("MAX_CONTENT_LENGTH"), spool_dir, float(self.cfg.timeout))
+        settings: Config = flask_config.get("PIXPORT") or Config.from_env()
+        limits = Limits.from_config(settings, flask_config.get("MAX_CONTENT_LENGTH"))
+        self.front = Front(wsgi_app, max(1, self.cfg.threads), limits, str(settings.upload_folder), self._access)
+        self.wsgi = self.front
+        self.config.http = guarded_protocol(limits)
+        self.config.timeout_notify = PROBE_INTERVAL_S
+        self._probe: asyncio.Task | None = None
+
+    async def callback_notify(self) -> None:
+        """Called by uvicorn every PROBE_INTERVAL_S: beat only if the last probe answered, then probe again."""
+        probe = self._probe
+        if probe is not None and not probe.done():
+            return  # still waiting for a thread, or for the app: no heartbeat
+        if probe is None or (not probe.cancelled() and probe.exception() is None and probe.result()):
+            self.notify()
+        self._probe = asyncio.get_running_loop().create_task(self.front.probe())
+
+    def _access(self, scope: Scope, outbox: Outbox, seconds: float) -> None:
+        """One access line in gunicorn's access_log_format, through gunicorn's own logger."""
+        query = scope.get("query_string", b"")
+        raw_uri = scope.get("raw_path", b"").decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
+        client = scope.get("client") or ("-", 0)
+        environ = {"REMOTE_ADDR": client[0], "REQUEST_METHOD": scope["method"], "RAW_URI": raw_uri,
+                   "PATH_INFO": scope["path"], "QUERY_STRING": query.decode("latin-1"),
+                   "SERVER_PROTOCOL": f"HTTP/{scope['http_version']}"}
+        response = SimpleNamespace(status=outbox.status or "-", sent=outbox.sent,
+                                   headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in outbox.headers])
+        request = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope.get("headers", [])]
+        self.log.access(response, request, environ, timedelta(seconds=seconds))

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageChops, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from app.config import ALLOWED_EXTENSIONS, ALLOWED_FORMATS
-from app.errors import CorruptImage, TooLarge, UnsupportedMedia
+from app.errors import CorruptImage, ResolutionTooHigh, TooLarge, UnsupportedMedia
 
 _SIXTEEN_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 
@@ -222,7 +222,7 @@ def open_checked(
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(stream)
     except Image.DecompressionBombError:
-        raise TooLarge(f"the image has too many pixels (limit {max_pixels:,})") from None
+        raise ResolutionTooHigh(f"the image has too many pixels (limit {max_pixels:,})") from None
     except UnidentifiedImageError:
         if _looks_like_accepted_image(stream):
             raise CorruptImage("the image is truncated or corrupt (its header is incomplete); re-export it and try again") from None
@@ -253,13 +253,13 @@ def _checked_header(
     if width < 1 or height < 1:
         raise CorruptImage("the image has no pixels")
     if width * height > max_pixels:
-        raise TooLarge(f"the image is {width}x{height} = {width * height:,} pixels; the limit is {max_pixels:,}")
+        raise ResolutionTooHigh(f"the image is {width}x{height} = {width * height:,} pixels; the limit is {max_pixels:,}")
     mode, frames = image.mode, getattr(image, "n_frames", 1)
     orientation = _orientation(image)
     cost = estimate_decode_bytes(image, max_dimension, model_size)
     if max_decode_bytes is not None and cost > max_decode_bytes:
         mb = 2**20
-        raise TooLarge(
+        raise ResolutionTooHigh(
             f"decoding this {width}x{height} {image.format} ({mode}) image would take about {cost / mb:.0f} MB "
             f"of memory; the limit is {max_decode_bytes / mb:.0f} MB (MAX_DECODE_MB). {_cheaper_hint(fmt)}"
         )
@@ -393,7 +393,7 @@ def decode(header: Header, max_dimension: int, model_size: int | None = None) ->
         if target != image.size:
             image = image.resize(target, Image.Resampling.LANCZOS)
     except Image.DecompressionBombError:
-        raise TooLarge("the image has too many pixels") from None
+        raise ResolutionTooHigh("the image has too many pixels") from None
     except (OSError, ValueError, SyntaxError, EOFError, IndexError, struct.error) as exc:
         if _is_png_text_error(exc):
             raise _png_text_refusal() from None
@@ -412,21 +412,70 @@ def combine_alpha(mask: Image.Image, own_alpha: Image.Image | None) -> Image.Ima
     return mask if own_alpha is None else ImageChops.multiply(mask, own_alpha)
 
 
-def subject_box(alpha: Image.Image, margin: tuple[float, str], threshold: int = 10) -> tuple[int, int, int, int] | None:
-    """The subject's bounding box grown by margin ((n, "px") or (n, "%") of the box), clamped to the image.
+Length = tuple[float, str]  # (amount, "px" or "%")
+Margin = tuple[Length, Length, Length, Length]  # top, right, bottom, left
+Box = tuple[int, int, int, int]  # left, top, right, bottom
 
-    None when the mask is empty, so callers can keep the whole image.
+
+def subject_box(alpha: Image.Image, margin: Margin = ((0.0, "px"),) * 4,
+                threshold: int = 10) -> Box | None:
+    """The subject's bounding box grown by margin (top, right, bottom, left; "%" is of the box's own width
+    or height), clamped to the image. None when the mask is empty, so callers can keep the whole image.
     """
     box = alpha.point(lambda value: 255 if value > threshold else 0).getbbox()
     if box is None:
         return None
     left, top, right, bottom = box
-    amount, unit = margin
-    dx = amount * (right - left) / 100 if unit == "%" else amount
-    dy = amount * (bottom - top) / 100 if unit == "%" else amount
+    sides = [amount * ((bottom - top) if index % 2 == 0 else (right - left)) / 100 if unit == "%" else amount
+             for index, (amount, unit) in enumerate(margin)]
     width, height = alpha.size
-    return (max(0, int(left - dx)), max(0, int(top - dy)), min(width, int(right + dx + 0.5)),
-            min(height, int(bottom + dy + 0.5)))
+    return (max(0, int(left - sides[3])), max(0, int(top - sides[0])), min(width, int(right + sides[1] + 0.5)),
+            min(height, int(bottom + sides[2] + 0.5)))
+
+
+def megapixel_side(size: tuple[int, int], max_pixels: int) -> int:
+    """The largest long side at which scaled_size(size, side) has at most max_pixels pixels (never below 1)."""
+    width, height = size
+    side = max(width, height)
+    if width * height <= max_pixels:
+        return side
+    side = max(1, int(side * (max_pixels / (width * height)) ** 0.5))
+    while side > 1 and scaled_size(size, side)[0] * scaled_size(size, side)[1] > max_pixels:
+        side -= 1
+    return side
+
+
+def keep_region(alpha: Image.Image, box: Box) -> Image.Image:
+    """The mask with everything outside box made transparent (remove.bg's roi)."""
+    kept = Image.new("L", alpha.size, 0)
+    kept.paste(alpha.crop(box), box[:2])
+    return kept
+
+
+def hard_alpha(alpha: Image.Image) -> Image.Image:
+    """No semi-transparency: every pixel fully opaque or fully transparent, split at half."""
+    return alpha.point(lambda value: 255 if value >= 128 else 0)
+
+
+def place(rgb: Image.Image, alpha: Image.Image, box: Box, scale: float | None,
+          position: tuple[float, float]) -> tuple[Image.Image, Image.Image]:
+    """The subject (box) moved on a canvas of the same size: scaled so its larger relative side is `scale` of
+    the canvas's (kept as it is when None), its free space split by position (0.5, 0.5 = centred)."""
+    canvas = rgb.size
+    subject_rgb, subject_alpha = rgb.crop(box), alpha.crop(box)
+    if scale is not None:
+        width, height = subject_rgb.size
+        factor = scale / max(width / canvas[0], height / canvas[1])
+        size = (max(1, round(width * factor)), max(1, round(height * factor)))
+        subject_rgb = subject_rgb.resize(size, Image.Resampling.LANCZOS)
+        subject_alpha = subject_alpha.resize(size, Image.Resampling.LANCZOS)
+    width, height = subject_rgb.size
+    left = round((canvas[0] - width) * position[0])
+    top = round((canvas[1] - height) * position[1])
+    placed_rgb, placed_alpha = Image.new("RGB", canvas), Image.new("L", canvas, 0)
+    placed_rgb.paste(subject_rgb, (left, top))
+    placed_alpha.paste(subject_alpha, (left, top))
+    return placed_rgb, placed_alpha
 
 
 def clear_transparent(image: Image.Image) -> Image.Image:
@@ -472,7 +521,7 @@ def encode(image: Image.Image, fmt: str) -> bytes:
     buffer = io.BytesIO()
     if fmt == "PNG":
         # zlib level 1: the six fixture cutouts at <= 1024 px encode in 113 ms on average against 193 ms
-        # at level 3 and 480 ms at Pillow's default 6, for files 5 % larger than level 3 (bench/README.md).
+        # at level 3 and 480 ms at Pillow's default 6, for files 5 % larger than level 3 (docs/performance.md).
         image.save(buffer, format="PNG", compress_level=1)
     elif fmt == "WEBP":
         if image.mode in ("L", "RGBA"):

@@ -1,5 +1,5 @@
-"""Shared helpers for bench/run.py and bench/load.py: start a real server in a fresh process, find its
-gunicorn worker, read /proc memory figures, locate fixtures, and score masks against references.
+"""The helpers every kept benchmark shares: start a real server in a fresh process (Server: launch, wait,
+stop), find its gunicorn worker, read /proc memory figures, locate fixtures, and score masks against references.
 
 Nothing here imports the service: servers are separate processes started with the production command.
 """
@@ -188,12 +188,22 @@ class Server:
         return self.proc.pid
 
     def start(self, health_path: str = "/api/bg/health", timeout_s: float = 120.0) -> "Server":
+        """Launch and wait: one server. To start several at once, launch() each, then wait() for each."""
+        return self.launch().wait(health_path, timeout_s)
+
+    def launch(self) -> "Server":
+        """Start the process (in a new session, output to log_path) without waiting for it."""
         log = self.log_path.open("wb")
         self.started_at = time.monotonic()
         self.proc = subprocess.Popen(
             self.argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         log.close()
+        return self
+
+    def wait(self, health_path: str = "/api/bg/health", timeout_s: float = 120.0) -> "Server":
+        """Poll health_path until it answers 200 or 503 (stopping the server on timeout), then find the worker."""
+        assert self.proc is not None, "launch() first"
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -267,32 +277,33 @@ def base_env(port: int, work: Path) -> dict[str, str]:
     return env
 
 
-def service_server(label: str, model: str, model_dir: Path, threads: int | None, model_path: Path | None = None) -> Server:
-    """Our service under the production command, BG_MODEL=model, MODEL_DIR=model_dir, fresh temp folders."""
+def _server(label: str, argv: list[str], settings: dict[str, str | None]) -> Server:
+    """A Server on a free port with fresh temp folders; settings (None values dropped) on top of base_env."""
     port = free_port()
     work = Path(tempfile.mkdtemp(prefix=f"bench-{label}-"))
     env = base_env(port, work)
-    env.update(BG_MODEL=model, MODEL_DIR=str(model_dir))
-    if threads is not None:
-        env["ORT_THREADS"] = str(threads)
-    if model_path is not None:
-        env["MODEL_PATH"] = str(model_path)
-    argv = [str(VENV_BIN / "gunicorn"), *GUNICORN_APP]
+    env.update({k: v for k, v in settings.items() if v is not None})
     return Server(label, argv, env, port, work / "server.log", work / "uploads", work / "processed")
+
+
+def service_server(label: str, model: str, model_dir: Path, threads: int | None, model_path: Path | None = None) -> Server:
+    """Our service under the production command, BG_MODEL=model, MODEL_DIR=model_dir, fresh temp folders."""
+    return _server(label, [str(VENV_BIN / "gunicorn"), *GUNICORN_APP], {
+        "BG_MODEL": model, "MODEL_DIR": str(model_dir),
+        "ORT_THREADS": None if threads is None else str(threads),
+        "MODEL_PATH": None if model_path is None else str(model_path),
+    })
 
 
 def naive_server(label: str, model: str, model_path: Path, threads: int | None) -> Server:
     """bench/naive_server.py (default SessionOptions) under the same gunicorn settings file, on gunicorn's
     plain gthread worker: the baseline is a naive deployment, not our buffered front (app.front)."""
-    port = free_port()
-    work = Path(tempfile.mkdtemp(prefix=f"bench-{label}-"))
-    env = base_env(port, work)
-    env.update(NAIVE_MODEL=model, NAIVE_MODEL_PATH=str(model_path))
-    if threads is not None:
-        env["NAIVE_THREADS"] = str(threads)
     argv = [str(VENV_BIN / "gunicorn"), "-c", "gunicorn.conf.py", "--worker-class", "gthread",
             "--pythonpath", str(BENCH), "naive_server:app"]
-    return Server(label, argv, env, port, work / "server.log", work / "uploads", work / "processed")
+    return _server(label, argv, {
+        "NAIVE_MODEL": model, "NAIVE_MODEL_PATH": str(model_path),
+        "NAIVE_THREADS": None if threads is None else str(threads),
+    })
 
 
 # --------------------------------------------------------------------------- model files

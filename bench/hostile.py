@@ -8,9 +8,16 @@ peak of their sum). Inputs are generated once into bench/out/hostile-inputs/.
 
     .venv/bin/python bench/hostile.py [--model isnet-general-tiny] [--model-dir /work/models]
         [--port 6050] [--cases a,b,...] [--worker gthread] [--json OUT]
+    .venv/bin/python bench/hostile.py --front [--connections 1000] [--seconds 30] [--cases ...]
+        [--target http://127.0.0.1:8080]
 
 --worker overrides gunicorn's worker class through GUNICORN_CMD_ARGS, to compare with the old gthread front.
-Exit status 1 if a case gets a status it should not (5xx, or a refusal of something that should be served).
+--front runs the attacks on the HTTP front instead (bench/slow_attacks.py: slowhttptest -H, -B, -R and -X
+with pipelining 1-5, and three socket floods), each against a fresh server, and prints health, recovery,
+memory and spool figures; with --target it attacks a server that is already running (a container) and
+reports health and recovery only.
+Exit status 1 if a case gets a status it should not (5xx, or a refusal of something that should be served),
+or, with --front, if an attack misses one of issue 16's goals.
 """
 from __future__ import annotations
 
@@ -35,6 +42,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+import slow_attacks  # noqa: E402
 
 INPUTS = common.BENCH / "out" / "hostile-inputs"
 DEPLOYED_ENV = {
@@ -430,6 +438,51 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def run_front_case(args: argparse.Namespace, name: str, photo: bytes, port: int) -> dict:
+    logs = Path(tempfile.mkdtemp(prefix="bench-front-"))
+    if args.target:
+        attack = slow_attacks.attacks(args.target, args.connections, args.seconds, logs)[name]()
+        result = slow_attacks.run_attack(attack, args.target, args.seconds, photo, None)
+        notes: list[str] = []
+    else:
+        with _server(args, port) as server:
+            _post(server.base, "/api/bg/remove", {"file": ("p.jpg", photo)})  # the model loaded, as in service
+            attack = slow_attacks.attacks(server.base, args.connections, args.seconds, logs)[name]()
+            result = slow_attacks.run_attack(attack, server.base, args.seconds, photo, server)
+            server.check_worker()
+            notes = server.notes
+    result.update(attack=name, detail=attack.detail, notes=notes)
+    result["missed"] = slow_attacks.verdict(result)
+    return result
+
+
+def front(args: argparse.Namespace) -> int:
+    if not slow_attacks.have_slowhttptest():
+        print("slowhttptest is not installed (Debian package slowhttptest)")
+        return 1
+    photo = inputs()["photo-1024.jpg"]
+    base = args.target or "http://127.0.0.1:0"
+    wanted = [p.strip() for p in args.cases.split(",") if p.strip()]
+    names = [n for n in slow_attacks.attacks(base, args.connections, args.seconds, Path("."))
+             if not wanted or any(n.startswith(p) for p in wanted)]
+    print(f"# bench/hostile.py --front, model {args.model}, {args.connections} connections, {args.seconds:.0f} s "
+          f"each, target {args.target or 'a fresh deployed server per attack'}")
+    print(f"# {common.machine()}")
+    print(f"# {common.command_line()}")
+    results = []
+    for index, name in enumerate(names):
+        result = run_front_case(args, name, photo, args.port + index % 10)
+        results.append(result)
+        print(json.dumps(result), flush=True)
+    print()
+    print(slow_attacks.table(results))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"machine": common.machine(), "command": common.command_line(),
+                                         "results": results}, indent=2))
+    return 1 if any(r["missed"] for r in results) else 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="isnet-general-tiny")
@@ -438,10 +491,18 @@ def main() -> int:
     parser.add_argument("--cases", default="", help="comma-separated case name prefixes; default all")
     parser.add_argument("--worker", default="", help="override gunicorn's worker class (e.g. gthread)")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--front", action="store_true", help="attack the HTTP front (bench/slow_attacks.py)")
+    parser.add_argument("--connections", type=int, default=1000, help="--front: hostile connections")
+    parser.add_argument("--seconds", type=float, default=30.0, help="--front: each attack's duration")
+    parser.add_argument("--target", default="", help="--front: attack this running server instead")
     args = parser.parse_args()
+    if args.front and args.target:
+        return front(args)
     if args.model == "isnet-general-tiny" and common.tiny_model(args.model_dir) is None:
         print(f"SKIPPED: no isnet-general-tiny in {args.model_dir}")
         return 0
+    if args.front:
+        return front(args)
     data = inputs()
     wanted = [p.strip() for p in args.cases.split(",") if p.strip()]
     names = [n for n in CASES if not wanted or any(n.startswith(p) for p in wanted)]

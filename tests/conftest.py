@@ -124,11 +124,13 @@ def free_port() -> int:
 
 
 @contextmanager
-def gunicorn(home: Path, **env: str | None) -> Iterator[tuple[str, subprocess.Popen, Path]]:
+def gunicorn(home: Path, app: str = "app_isnet_tiny:app",
+             **env: str | None) -> Iterator[tuple[str, subprocess.Popen, Path]]:
     """The production command (gunicorn -c gunicorn.conf.py) in a child process; yields (base URL, process, log).
 
     Folders, $HOME (gunicorn's control socket) and the log live in `home`; BG_MODEL and MODEL_PATH are
-    unset, so it serves the bundled u2netp. `env` overrides; a value of None unsets the variable.
+    unset, so it serves the bundled u2netp. `app` is the WSGI app to serve; `env` overrides; a value of
+    None unsets the variable.
     """
     port = free_port()
     settings: dict[str, str | None] = {
@@ -139,7 +141,7 @@ def gunicorn(home: Path, **env: str | None) -> Iterator[tuple[str, subprocess.Po
     log = home / "gunicorn.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app_isnet_tiny:app"], cwd=ROOT,
+            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", app], cwd=ROOT,
             env={key: value for key, value in settings.items() if value is not None},
             stdout=out, stderr=subprocess.STDOUT,
         )

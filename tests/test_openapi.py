@@ -44,11 +44,11 @@ def test_document_is_open_even_with_a_key(make_app):
 
 # Exactly what the strict forms accept; a field the server takes but the document lacks (or the reverse)
 # breaks generated clients, so this list is the contract between the two.
+OPTIONS = {"format", "crop", "crop_margin", "max_dimension", "max_megapixels", "roi", "scale", "position",
+           "semitransparency"}
 FIELDS = {
-    "/api/bg/remove": {"file", "image_url", "image_file_b64", "format", "only_mask", "crop", "crop_margin",
-                       "max_dimension"},
-    "/api/bg/change_color": {"file", "image_url", "image_file_b64", "color", "bg_color", "bg_image", "format", "crop",
-                             "crop_margin", "max_dimension"},
+    "/api/bg/remove": {"file", "image_url", "image_file_b64", "only_mask", *OPTIONS},
+    "/api/bg/change_color": {"file", "image_url", "image_file_b64", "color", "bg_color", "bg_image", *OPTIONS},
 }
 
 
@@ -67,7 +67,7 @@ def test_form_fields_and_types(make_app, path):
     assert properties["file"] == {**properties["file"], "type": "string", "format": "binary"}
     assert properties["image_url"]["format"] == "uri" and properties["image_file_b64"]["type"] == "string"
     booleans = {name for name, prop in properties.items() if prop["type"] == "boolean"}
-    assert booleans == ({"only_mask", "crop"} & FIELDS[path])
+    assert booleans == ({"only_mask", "crop", "semitransparency"} & FIELDS[path])
     assert properties["max_dimension"] == {**properties["max_dimension"], "type": "integer", "minimum": 1,
                                            "maximum": 800}
     assert not [name for name, prop in properties.items() if "example" in prop]  # Swagger UI would send them
@@ -77,7 +77,7 @@ def test_binary_responses_errors_and_request_ids(client):
     document = client.get("/api/bg/openapi.json").get_json()
     for path in FIELDS:
         responses = document["paths"][path]["post"]["responses"]
-        assert set(responses["200"]["content"]) == {"image/png", "image/webp", "image/jpeg"}
+        assert set(responses["200"]["content"]) == {"image/png", "image/webp", "image/jpeg", "application/zip"}
         for media in responses["200"]["content"].values():
             assert media["schema"] == {"type": "string", "format": "binary"}
     error = document["components"]["schemas"]["Error"]
@@ -101,7 +101,8 @@ def test_servers_is_the_host_the_client_used(client):
 
 
 SAMPLES = {"format": "png", "only_mask": "true", "crop": "true", "crop_margin": "5%", "max_dimension": "32",
-           "color": "#00ff00", "bg_color": "#00ff00"}
+           "color": "#00ff00", "bg_color": "#00ff00", "max_megapixels": "0.01", "roi": "0 0 50% 100%",
+           "scale": "50%", "position": "0% 100%", "semitransparency": "false"}
 
 
 @pytest.mark.parametrize("path, field", [(path, field) for path, fields in FIELDS.items() for field in sorted(fields)
@@ -156,10 +157,11 @@ def test_no_server_errors_for_generated_requests(case):
     booleans also as 1/0/yes/no, case-insensitive values, empty fields mean the default) and
     positive_data_acceptance (a schema-valid `file` of random bytes is still not an image, and rightly
     gets 415). A generated image_url is pointed at a closed loopback port, so the run never leaves the
-    machine (the server refuses loopback addresses: 400).
+    machine (the server refuses loopback addresses: 400); bg_image_url likewise.
     """
-    if isinstance(case.body, dict) and case.body.get("image_url"):
-        case.body["image_url"] = "http://127.0.0.1:9/photo.png"
+    for name in ("image_url", "bg_image_url"):
+        if isinstance(case.body, dict) and case.body.get(name):
+            case.body[name] = "http://127.0.0.1:9/photo.png"
     case.call_and_validate(
         excluded_checks=[schemathesis.checks.negative_data_rejection, schemathesis.checks.positive_data_acceptance]
     )

@@ -1,81 +1,285 @@
-"""The deployed front (gunicorn.conf.py) against slow and malformed clients, over loopback.
+"""The deployed front (gunicorn.conf.py, app/front.py) against slow, stalled and malformed clients, over loopback.
 
-Slow clients must not starve /api/bg/health or ordinary requests (gthread would give each of them a thread),
-and gunicorn's own errors must be JSON like the app's.
+The server runs with its bounds scaled down (deadlines of 1-4 s, budgets of a few MB) so that each case
+takes seconds; bench/hostile.py runs the same attacks at full scale with slowhttptest.
 """
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import socket
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Iterator
 
+import psutil
 import pytest
 import requests
 from PIL import Image
 
+from app.front import Budget, BufferedBodies, Limits
 from tests.conftest import gunicorn, image_bytes, photo, wait_healthy
 
-SLOW_EACH = 8  # x 3 kinds = 24 connections, twice gunicorn.conf.py's 12 threads
+THREADS = 12  # gunicorn.conf.py's default GUNICORN_THREADS
+LIMITS = {"HEADER_TIMEOUT_S": "1", "BODY_TIMEOUT_S": "4", "SEND_TIMEOUT_S": "2", "BODY_MEMORY_MB": "4",
+          "SPOOL_MAX_MB": "12", "RESPONSE_MEMORY_MB": "4", "MAX_CONNECTIONS": "400"}
+BUNDLE = "/docs/assets/swagger-ui-bundle.js"  # about 1 MB: the largest response anyone can ask for cheaply
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """gunicorn with gunicorn.conf.py in a child process (the bundled u2netp; the model is not the point)."""
-    with gunicorn(tmp_path_factory.mktemp("slow-server")) as (base, process, log):
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, psutil.Process]]:
+    """gunicorn with gunicorn.conf.py and scaled-down LIMITS (the bundled u2netp; the model is not the point)."""
+    with gunicorn(tmp_path_factory.mktemp("slow-server"), **LIMITS) as (base, process, log):
         wait_healthy(base, process, log)
-        yield base
+        yield base, psutil.Process(process.pid).children()[0]
+
+
+@pytest.fixture
+def server(served: tuple[str, psutil.Process]) -> str:
+    return served[0]
 
 
 def _port(base: str) -> int:
     return int(base.rsplit(":", 1)[1])
 
 
-def _slow_header(port: int, stop: threading.Event) -> None:
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        sock.sendall(b"POST /api/bg/remove HTTP/1.1\r\nHost: x\r\n")
-        index = 0
-        while not stop.wait(0.3):
-            sock.sendall(f"X-Slow-{index}: 1\r\n".encode())
-            index += 1
+def _connect(base: str, receive_buffer: int | None = None) -> socket.socket:
+    sock = socket.socket()
+    if receive_buffer is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", _port(base)))
+    return sock
 
 
-def _slow_body(port: int, stop: threading.Event) -> None:
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        sock.sendall(b"POST /api/bg/remove HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
-                     b"Content-Length: 50000\r\n\r\n--b\r\n")
-        while not stop.wait(0.3):
-            sock.sendall(b"x")
+def _closed_by_server(sock: socket.socket, within_s: float) -> tuple[bool, bytes]:
+    """Read until the server closes or resets the connection; (closed in time, bytes read)."""
+    received = b""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        sock.settimeout(max(0.05, deadline - time.monotonic()))
+        try:
+            chunk = sock.recv(65536)
+        except socket.timeout:
+            return False, received
+        except ConnectionResetError:
+            return True, received
+        if not chunk:
+            return True, received
+        received += chunk
+    return False, received
 
 
-def _idle(port: int, stop: threading.Event) -> None:
-    with socket.create_connection(("127.0.0.1", port), timeout=30):
-        stop.wait()
+def _health_s(base: str) -> float:
+    started = time.monotonic()
+    response = requests.get(f"{base}/api/bg/health", timeout=5)
+    assert response.status_code == 200
+    return time.monotonic() - started
 
 
-@pytest.fixture
-def slow_clients(server: str) -> Iterator[None]:
-    stop = threading.Event()
-    threads = [threading.Thread(target=kind, args=(_port(server), stop), daemon=True)
-               for kind in (_slow_header, _slow_body, _idle) for _ in range(SLOW_EACH)]
-    for thread in threads:
-        thread.start()
-    stop.wait(1.0)  # every connection is open and has started sending
-    yield
-    stop.set()
-    for thread in threads:
-        thread.join(timeout=5)
+def _all_threads_answer(base: str) -> None:
+    """THREADS requests at once all answer quickly: no thread is left blocked."""
+    with ThreadPoolExecutor(THREADS) as pool:
+        statuses = list(pool.map(lambda _: requests.get(f"{base}/api/bg/status", timeout=5).status_code,
+                                 range(THREADS)))
+    assert statuses == [200] * THREADS
 
 
-def test_health_and_uploads_are_served_while_slow_clients_hold_connections(server: str, slow_clients: None):
-    for _ in range(3):
-        health = requests.get(f"{server}/api/bg/health", timeout=5)
-        assert health.status_code == 200 and health.json()["status"] == "healthy"
+def _upload(base: str) -> None:
     data = image_bytes(photo((64, 48)), "PNG")
-    response = requests.post(f"{server}/api/bg/remove", files={"file": ("p.png", data)}, timeout=60)
+    response = requests.post(f"{base}/api/bg/remove", files={"file": ("p.png", data)}, timeout=60)
     assert response.status_code == 200
     assert Image.open(io.BytesIO(response.content)).size == (64, 48)
+
+
+# --------------------------------------------------------------------------- the wedge of issue 16
+
+
+def test_pipelined_slow_readers_neither_wedge_nor_hold_threads(server: str):
+    """More connections than threads, each with a small receive buffer, pipelining three requests for the
+    1 MB bundle and reading nothing: the old front blocked every thread in send for good. Half close at
+    once (the exact wedge); the others are aborted by the send deadline."""
+    request = f"GET {BUNDLE} HTTP/1.1\r\nHost: x\r\n\r\n".encode() * 3
+    readers = [_connect(server, receive_buffer=4096) for _ in range(THREADS + 4)]
+    for sock in readers:
+        sock.sendall(request)
+    time.sleep(0.5)
+    assert max(_health_s(server) for _ in range(3)) < 1.0
+    for sock in readers[::2]:
+        sock.close()
+    time.sleep(float(LIMITS["SEND_TIMEOUT_S"]) + 1.5)  # still reading nothing
+    assert _health_s(server) < 1.0
+    for sock in readers[1::2]:
+        closed, received = _closed_by_server(sock, within_s=2)
+        sock.close()
+        assert closed and len(received) < 1_000_000, f"still open after {len(received)} bytes"
+    _all_threads_answer(server)
+    _upload(server)
+
+
+def test_a_client_that_reads_slowly_still_gets_its_whole_response(server: str):
+    """The send deadline is on progress, not on the whole response: a reader that keeps reading is served."""
+    sock = _connect(server, receive_buffer=4096)
+    sock.sendall(f"GET {BUNDLE} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    received = b""
+    while chunk := sock.recv(256 * 1024):
+        received += chunk
+        time.sleep(0.01)
+    sock.close()
+    head, _, body = received.partition(b"\r\n\r\n")
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    assert head.startswith(b"HTTP/1.1 200") and len(body) == length > 1_000_000
+
+
+# --------------------------------------------------------------------------- deadlines
+
+
+def test_a_header_that_never_finishes_and_an_idle_connection_are_closed(server: str):
+    idle = _connect(server)
+    half = _connect(server)
+    half.sendall(b"GET /api/bg/health HTTP/1.1\r\nHost: x\r\nX-Slow")
+    for sock in (idle, half):
+        closed, received = _closed_by_server(sock, within_s=float(LIMITS["HEADER_TIMEOUT_S"]) + 3)
+        sock.close()
+        assert closed and received == b""
+
+
+def test_slowloris_clients_are_dropped_and_do_not_starve_health(server: str):
+    stop = threading.Event()
+
+    def slow_header() -> None:
+        with _connect(server) as sock:
+            sock.sendall(b"POST /api/bg/remove HTTP/1.1\r\nHost: x\r\n")
+            index = 0
+            while not stop.wait(0.3):
+                try:
+                    sock.sendall(f"X-Slow-{index}: 1\r\n".encode())
+                except OSError:
+                    return  # closed by the header deadline
+                index += 1
+
+    threads = [threading.Thread(target=slow_header, daemon=True) for _ in range(2 * THREADS)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(0.5)
+        assert max(_health_s(server) for _ in range(3)) < 1.0
+        _upload(server)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=5)
+
+
+def test_a_stalled_body_gets_408(server: str):
+    sock = _connect(server)
+    sock.sendall(b"POST /api/bg/remove HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                 b"Content-Length: 50000\r\n\r\n--b\r\n")
+    closed, received = _closed_by_server(sock, within_s=float(LIMITS["BODY_TIMEOUT_S"]) + 3)
+    sock.close()
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert closed and head.startswith(b"HTTP/1.1 408 ")
+    assert json.loads(body)["error"].startswith("the request body did not arrive")
+
+
+# --------------------------------------------------------------------------- bounds
+
+
+def _partial_upload(base: str, declared: int, sent: int) -> socket.socket:
+    sock = _connect(base)
+    sock.sendall(f"POST /api/bg/remove HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                 f"Content-Length: {declared}\r\n\r\n".encode() + b"x" * sent)
+    return sock
+
+
+def _answer(sock: socket.socket, within_s: float) -> bytes:
+    """The response head the server sent within `within_s`, or b"" if none."""
+    _, received = _closed_by_server(sock, within_s)
+    return received.partition(b"\r\n\r\n")[0]
+
+
+def test_partial_bodies_are_held_within_the_memory_budget(served: tuple[str, psutil.Process]):
+    """150 uploads that stall after 500 KB each would hold 75 MB in memory without a total; BODY_MEMORY_MB=4
+    keeps a few in memory, SPOOL_MAX_MB=12 a few more on disk, and the rest get 503 with Retry-After."""
+    base, worker = served
+    before = worker.memory_info().rss
+    socks = [_partial_upload(base, declared=510_000, sent=500_000) for _ in range(150)]
+    time.sleep(1.0)
+    grown_mb = (worker.memory_info().rss - before) / 2**20
+    heads = [_answer(sock, within_s=0.05) for sock in socks]
+    refused = [head for head in heads if head.startswith(b"HTTP/1.1 503 ")]
+    assert grown_mb < 30, f"worker RSS grew {grown_mb:.0f} MB"
+    assert len(refused) >= 100 and all(b"retry-after: 5" in head.lower() for head in refused)
+    assert _health_s(base) < 1.0
+    for sock in socks:
+        sock.close()
+    _upload(base)
+
+
+def test_spooled_bodies_are_held_within_the_disk_budget(server: str):
+    """An 8 MB upload reserves its length on disk before a byte is read: with SPOOL_MAX_MB=12 a second one
+    is refused at once, and the room comes back when the first goes away."""
+    first = _partial_upload(server, declared=8_000_000, sent=100_000)
+    assert _answer(first, within_s=0.5) == b""  # accepted: still waiting for its body
+    second = _partial_upload(server, declared=8_000_000, sent=0)
+    head = _answer(second, within_s=2)
+    second.close()
+    assert head.startswith(b"HTTP/1.1 503 ") and b"retry-after: 5" in head.lower()
+    first.close()
+    time.sleep(0.3)
+    big = requests.post(f"{server}/api/bg/remove", files={"file": ("x.png", b"\0" * 6_000_000)}, timeout=30)
+    assert big.status_code == 415  # spooled and read whole: the app refused what it is, not its size
+
+
+def test_connections_past_the_bound_get_503_with_retry_after(server: str):
+    idle = [_connect(server) for _ in range(int(LIMITS["MAX_CONNECTIONS"]))]
+    try:
+        response = requests.get(f"{server}/api/bg/health", timeout=5)
+        assert response.status_code == 503 and response.headers["Retry-After"] == "5"
+        assert "too many open connections" in response.json()["error"]
+    finally:
+        for sock in idle:
+            sock.close()
+    time.sleep(0.5)
+    assert _health_s(server) < 1.0
+
+
+# --------------------------------------------------------------------------- the watchdog
+
+
+def test_the_watchdog_replaces_a_worker_that_cannot_serve(tmp_path: Path):
+    """Take both threads of a worker with requests that never return (tests/wedge_app.py): its event loop
+    still runs, so gunicorn's own heartbeat would keep it forever; the front's heartbeat stops, and the
+    arbiter replaces it within `timeout` (6 s here) plus the probe interval."""
+    with gunicorn(tmp_path, app="tests.wedge_app:app", GUNICORN_CMD_ARGS="--timeout 6 --threads 2") as (
+            base, process, log):
+        wait_healthy(base, process, log)
+        wedged = psutil.Process(process.pid).children()[0].pid
+        with ThreadPoolExecutor(2) as pool:
+            for _ in range(2):
+                pool.submit(_swallow, f"{base}/wedge")
+            time.sleep(0.5)
+            with pytest.raises(requests.Timeout):
+                requests.get(f"{base}/api/bg/health", timeout=1.5)  # every thread is taken: it cannot serve
+            started = time.monotonic()
+            wait_healthy(base, process, log, seconds=30)
+            replaced_s = time.monotonic() - started
+        assert [child.pid for child in psutil.Process(process.pid).children()] != [wedged]
+        assert f"WORKER TIMEOUT (pid:{wedged})" in log.read_text()
+        assert replaced_s < 30
+
+
+def _swallow(url: str) -> None:
+    try:
+        requests.get(url, timeout=30)
+    except requests.RequestException:
+        pass
+
+
+# --------------------------------------------------------------------------- HTTP-layer errors and bodies
 
 
 def test_chunked_upload_is_served(server: str):
@@ -89,7 +293,7 @@ def test_chunked_upload_is_served(server: str):
 
 
 def _raw(base: str, request: bytes) -> tuple[str, dict]:
-    with socket.create_connection(("127.0.0.1", _port(base)), timeout=10) as sock:
+    with _connect(base) as sock:
         sock.sendall(request)
         received = b""
         while chunk := sock.recv(65536):
@@ -111,12 +315,14 @@ def test_errors_from_the_http_layer_are_json(server: str, request_bytes: bytes, 
     assert set(body) == {"error"} and body["error"]
 
 
-def _run_buffered(messages: list[dict], max_body: int, timeout_s: float = 5.0) -> tuple[list[dict], dict | None, bytes]:
+def _limits(max_body: int, timeout_s: float = 5.0, spool: int = 2**30) -> Limits:
+    return Limits(max_connections=100, header_timeout_s=1, body_timeout_s=timeout_s, send_timeout_s=1,
+                  body_memory_bytes=2**20, spool_bytes=spool, response_memory_bytes=2**20, max_body=max_body)
+
+
+def _run_buffered(messages: list[dict], limits: Limits,
+                  headers: list | None = None) -> tuple[list[dict], dict | None, bytes]:
     """Drive BufferedBodies with scripted client messages; returns (sent messages, scope seen by the app, body)."""
-    import asyncio
-
-    from app.front import BufferedBodies
-
     seen: dict = {}
 
     async def app(scope, receive, send):
@@ -142,8 +348,9 @@ def _run_buffered(messages: list[dict], max_body: int, timeout_s: float = 5.0) -
         async def send(message):
             sent.append(message)
 
-        scope = {"type": "http", "headers": [(b"transfer-encoding", b"chunked")]}
-        await BufferedBodies(app, max_body, None, timeout_s)(scope, receive, send)
+        scope = {"type": "http", "headers": headers or [(b"transfer-encoding", b"chunked")]}
+        await BufferedBodies(app, limits, None, Budget(limits.body_memory_bytes), Budget(limits.spool_bytes))(
+            scope, receive, send)
         return sent
 
     sent = asyncio.run(main())
@@ -153,7 +360,7 @@ def _run_buffered(messages: list[dict], max_body: int, timeout_s: float = 5.0) -
 def test_buffered_bodies_hand_the_app_a_whole_body_with_its_length():
     chunks = [{"type": "http.request", "body": b"x" * 700_000, "more_body": True},
               {"type": "http.request", "body": b"y" * 10, "more_body": False}]
-    sent, scope, body = _run_buffered(chunks, max_body=1_000_000)
+    sent, scope, body = _run_buffered(chunks, _limits(max_body=1_000_000))
     assert body == b"x" * 700_000 + b"y" * 10
     assert (b"content-length", b"700010") in scope["headers"]
     assert not any(name == b"transfer-encoding" for name, _ in scope["headers"])
@@ -161,13 +368,23 @@ def test_buffered_bodies_hand_the_app_a_whole_body_with_its_length():
 
 def test_buffered_bodies_stop_reading_past_the_limit():
     chunks = [{"type": "http.request", "body": b"x" * 600, "more_body": True}] * 10
-    _, scope, body = _run_buffered(chunks, max_body=1000)
+    _, scope, body = _run_buffered(chunks, _limits(max_body=1000))
     assert len(body) == 1200  # read up to the limit and one chunk over; the app refuses it by its length
     assert (b"content-length", b"1200") in scope["headers"]
 
 
 def test_buffered_bodies_answer_408_to_a_stalled_body():
-    sent, scope, _ = _run_buffered([{"type": "http.request", "body": b"x", "more_body": True}], 1000, 0.2)
+    sent, scope, _ = _run_buffered([{"type": "http.request", "body": b"x", "more_body": True}],
+                                   _limits(1000, timeout_s=0.2))
     assert scope is None
     assert sent[0]["status"] == 408
     assert json.loads(sent[1]["body"])["error"].startswith("the request body did not arrive")
+
+
+@pytest.mark.parametrize("headers", [[(b"content-length", b"3000000")], [(b"transfer-encoding", b"chunked")]],
+                         ids=["declared", "chunked"])
+def test_buffered_bodies_answer_503_past_the_spool_budget(headers: list):
+    chunks = [{"type": "http.request", "body": b"x" * 1_000_000, "more_body": True}] * 3
+    sent, scope, _ = _run_buffered(chunks, _limits(max_body=10_000_000, spool=2_000_000), headers)
+    assert scope is None
+    assert sent[0]["status"] == 503 and (b"retry-after", b"5") in sent[0]["headers"]

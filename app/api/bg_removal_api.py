@@ -16,6 +16,7 @@ from werkzeug.datastructures import FileStorage
 from werkzeug.utils import secure_filename
 
 from app import image_source, imaging, pipeline
+from app.api.fields import Fields, read_fields
 from app.api.openapi import openapi_document, server_url
 from app.config import ALLOWED_EXTENSIONS, Config
 from app.errors import ApiError, BadRequest, TooLarge
@@ -41,13 +42,23 @@ def _presented_key() -> str | None:
     return request.headers.get("X-API-Key")
 
 
-def check_api_key() -> None:
-    """With API_KEY set, everything but the platform's probes needs the key (compared in constant time)."""
+def key_problem() -> str | None:
+    """None when the request may pass (no API_KEY set, or the right key), else "missing" or "wrong".
+
+    The key is compared in constant time.
+    """
     expected = _config().api_key
     if expected is None:
-        return
+        return None
     presented = _presented_key()
-    if presented is None or not hmac.compare_digest(presented.encode(), expected.encode()):
+    if presented is None:
+        return "missing"
+    return None if hmac.compare_digest(presented.encode(), expected.encode()) else "wrong"
+
+
+def check_api_key() -> None:
+    """With API_KEY set, everything but the platform's probes needs the key."""
+    if key_problem() is not None:
         raise ApiError("missing or wrong API key; send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'", 401)
 
 
@@ -65,7 +76,8 @@ def safe_stem(filename: str) -> str:
 
 SOURCE_FIELDS: tuple[str, ...] = ("file", "image_url", "image_file_b64")
 FILE_FIELDS = frozenset({"file", "bg_image"})
-OPTION_FIELDS: tuple[str, ...] = ("format", "crop", "crop_margin", "max_dimension")
+OPTION_FIELDS: tuple[str, ...] = ("format", "crop", "crop_margin", "max_dimension", "max_megapixels", "roi",
+                                  "scale", "position", "semitransparency")
 ACCEPTED_FIELDS: dict[str, tuple[str, ...]] = {
     "remove": (*SOURCE_FIELDS, *OPTION_FIELDS, "only_mask"),
     "change_color": (*SOURCE_FIELDS, *OPTION_FIELDS, "color", "bg_color", "bg_image"),
@@ -79,36 +91,39 @@ MISPLACED_HINTS: dict[tuple[str, str], str] = {
 }
 
 
-def check_fields(endpoint: str) -> None:
-    """Refuse (400) any field the endpoint does not take, a field sent twice, a file where text is
-    expected or the other way round; the message names the field and lists the accepted ones."""
+def check_fields(endpoint: str) -> Fields:
+    """The request's fields (query string, form or JSON), refusing (400) any field the endpoint does not take,
+    a field sent twice, a file where text is expected or the other way round; the message names the field
+    and lists the accepted ones."""
     accepted = ACCEPTED_FIELDS[endpoint]
     listing = f"POST /api/bg/{endpoint} accepts: {', '.join(accepted)}"
-    for name in (*request.files.keys(), *request.form.keys()):
-        if not name:  # Werkzeug gives a part whose name it cannot read None
-            raise BadRequest(f"a form part has no readable name; {listing}")
+    try:
+        fields = read_fields()
+    except BadRequest as exc:
+        raise BadRequest(f"{exc.message}; {listing}") from None
+    for name in fields.names():
         if name not in accepted:
             hint = MISPLACED_HINTS.get((endpoint, name))
             if hint is None:
                 close = difflib.get_close_matches(name, accepted, n=1, cutoff=0.7)
                 hint = f"did you mean '{close[0]}'?" if close else None
-            known = any(name in fields for fields in ACCEPTED_FIELDS.values())
+            known = any(name in names for names in ACCEPTED_FIELDS.values())
             what = f"'{name[:40]}' is not accepted here" if known else f"unknown field '{name[:40]}'"
             raise BadRequest(f"{what}{f' ({hint})' if hint else ''}; {listing}")
-        if len(request.files.getlist(name)) + len(request.form.getlist(name)) > 1:
-            raise BadRequest(f"'{name}' was sent more than once; send it once")
-        if name in FILE_FIELDS and name in request.form:
+        if name in FILE_FIELDS and name in fields.text:
             alternatives = "; or send image_url or image_file_b64 instead" if name == "file" else ""
-            raise BadRequest(f"'{name}' must be a file part, e.g. curl -F {name}=@photo.jpg{alternatives}")
-        if name not in FILE_FIELDS and name in request.files:
+            where = " (a JSON body or the query string cannot carry files)" if fields.json or name in request.args else ""
+            raise BadRequest(f"'{name}' must be a file part, e.g. curl -F {name}=@photo.jpg{where}{alternatives}")
+        if name not in FILE_FIELDS and name in fields.files:
             raise BadRequest(f"'{name}' is a text field, not a file; e.g. curl -F {name}=value")
+    return fields
 
 
-def _file_stream(field: str) -> tuple[IO[bytes], str]:
-    """A multipart file field's stream (in memory or spooled to UPLOAD_FOLDER) and a safe stem; 400/413/415."""
-    upload: FileStorage | None = request.files.get(field)
-    if upload is None:
-        raise BadRequest(f"no '{field}' field in the form; send multipart/form-data, e.g. curl -F {field}=@photo.jpg")
+def file_stream(upload: FileStorage, field: str) -> tuple[IO[bytes], str]:
+    """A multipart file part's stream (in memory or spooled to UPLOAD_FOLDER) and a safe stem; 400/413/415.
+
+    A part with a filename but no extension (or no Content-Type) is judged by its content alone.
+    """
     if not upload.filename:
         raise BadRequest(f"the '{field}' field has no filename; attach a file, e.g. curl -F {field}=@photo.jpg")
     imaging.check_extension(upload.filename)
@@ -123,55 +138,56 @@ def _file_stream(field: str) -> tuple[IO[bytes], str]:
     return stream, safe_stem(upload.filename)
 
 
-def _text(name: str) -> str | None:
-    """A text field's value; empty or blank counts as not sent (form UIs such as Swagger UI send every field)."""
-    value = request.form.get(name)
-    return value if value is not None and value.strip() else None
-
-
-def _image_source() -> tuple[IO[bytes], str]:
-    """Exactly one of file, image_url, image_file_b64 -> a seekable stream and a safe download stem."""
-    given = [name for name in SOURCE_FIELDS if name in request.files or _text(name) is not None]
+def image_source_of(fields: Fields, names: tuple[str, str, str] = SOURCE_FIELDS) -> tuple[IO[bytes], str]:
+    """Exactly one of the file, URL and base64 fields (`names`, in that order) -> a seekable stream and a
+    safe download stem."""
+    file_name, url_name, b64_name = names
+    given = [name for name in names if name in fields.files or fields.get(name) is not None]
     if not given:
-        blank = [name for name in SOURCE_FIELDS if name in request.form]
+        blank = [name for name in names if name in fields.text]
         what = f"'{blank[0]}' is empty" if blank else "no image"
         raise BadRequest(
-            f"{what}: send one of 'file' (multipart upload, e.g. curl -F file=@photo.jpg), "
-            "'image_url' (an http(s) URL) or 'image_file_b64' (base64 or a data: URL)"
+            f"{what}: send one of '{file_name}' (multipart upload, e.g. curl -F {file_name}=@photo.jpg), "
+            f"'{url_name}' (an http(s) URL) or '{b64_name}' (base64 or a data: URL)"
         )
     if len(given) > 1:
-        raise BadRequest(f"send exactly one of file, image_url, image_file_b64, not {' and '.join(given)}")
+        raise BadRequest(f"send exactly one of {', '.join(names)}, not {' and '.join(given)}")
     config = _config()
-    if given[0] == "image_url":
-        url = request.form["image_url"].strip()
+    if given[0] == url_name:
+        url = fields.text[url_name].strip()
         return image_source.fetch(url, config), safe_stem(image_source.url_filename(url))
-    if given[0] == "image_file_b64":
-        return image_source.decode_base64(request.form["image_file_b64"], config.max_content_length,
+    if given[0] == b64_name:
+        return image_source.decode_base64(fields.text[b64_name], config.max_content_length,
                                           config.upload_folder), "image"
-    return _file_stream("file")
+    return file_stream(fields.files[file_name], file_name)
 
 
-def _color_field() -> str | None:
+def _color_field(fields: Fields) -> str | None:
     """`color`, or remove.bg's name for it, `bg_color` (not both)."""
-    color, bg_color = _text("color"), _text("bg_color")
+    color, bg_color = fields.get("color"), fields.get("bg_color")
     if color is not None and bg_color is not None:
         raise BadRequest("send color or bg_color (the same field under remove.bg's name), not both")
     return bg_color if color is None else color
 
 
-def _options() -> pipeline.Options:
-    form = request.form
-    crop = pipeline.parse_bool("crop", form.get("crop"))
-    crop_margin = _text("crop_margin")
+def _options(fields: Fields) -> pipeline.Options:
+    crop = pipeline.parse_bool("crop", fields.text.get("crop"))
+    crop_margin = fields.get("crop_margin")
     if crop_margin is not None and not crop:
         raise BadRequest("crop_margin only applies with crop=true; add crop=true or leave crop_margin out")
+    semitransparency = fields.get("semitransparency")
     return pipeline.Options(
-        fmt=pipeline.parse_format(form.get("format")),
-        only_mask=pipeline.parse_bool("only_mask", form.get("only_mask")),
+        fmt=pipeline.parse_format(fields.text.get("format")),
+        only_mask=pipeline.parse_bool("only_mask", fields.text.get("only_mask")),
         crop=crop,
         crop_margin=pipeline.parse_margin(crop_margin),
-        color=pipeline.parse_color(_color_field()),
-        max_dimension=pipeline.parse_max_dimension(form.get("max_dimension"), _config().max_dimension),
+        color=pipeline.parse_color(_color_field(fields)),
+        max_dimension=pipeline.parse_max_dimension(fields.text.get("max_dimension"), _config().max_dimension),
+        max_megapixels=pipeline.parse_megapixels(fields.text.get("max_megapixels")),
+        roi=pipeline.parse_roi(fields.text.get("roi")),
+        semitransparency=semitransparency is None or pipeline.parse_bool("semitransparency", semitransparency),
+        scale=pipeline.parse_scale(fields.text.get("scale")),
+        position=pipeline.parse_position(fields.text.get("position")),
     )
 
 
@@ -186,9 +202,9 @@ def _file_response(result: pipeline.Result) -> Response:
 @bp.post("/remove")
 def remove() -> Response:
     """The subject on a transparent background (PNG by default)."""
-    check_fields("remove")
-    options = _options()
-    stream, stem = _image_source()
+    fields = check_fields("remove")
+    options = _options(fields)
+    stream, stem = image_source_of(fields)
     with closing(stream):
         return _file_response(pipeline.remove_background(stream, stem, options, _service(), _config()))
 
@@ -196,12 +212,12 @@ def remove() -> Response:
 @bp.post("/change_color")
 def change_color() -> Response:
     """The subject over a colour (default white, JPEG) or over an uploaded background image."""
-    check_fields("change_color")
-    options = _options()
-    background = _file_stream("bg_image") if "bg_image" in request.files else None
+    fields = check_fields("change_color")
+    options = _options(fields)
+    background = file_stream(fields.files["bg_image"], "bg_image") if "bg_image" in fields.files else None
     if background is not None and options.color is not None:  # before any image_url download
         raise BadRequest("send either color (or bg_color) or bg_image, not both")
-    stream, stem = _image_source()
+    stream, stem = image_source_of(fields)
     with closing(stream):
         return _file_response(pipeline.change_background(
             stream, stem, options, _service(), _config(), background[0] if background else None
@@ -270,7 +286,7 @@ def status() -> Response:
             "max_dimension": config.max_dimension,
             "max_pixels": config.max_pixels,
             "allowed_extensions": list(ALLOWED_EXTENSIONS),
-            "output_formats": ["png", "webp", "jpeg"],
+            "output_formats": ["png", "webp", "jpeg", "auto", "zip"],
             "queue": {"waiting": service.queue_length, "max_queue": config.max_queue,
                       "timeout_s": config.queue_timeout_s, "rejected_busy": service.stats.rejected_busy},
             "inference": {"count": service.stats.inferences, "last_seconds": service.stats.last_inference_s,

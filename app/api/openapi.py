@@ -37,11 +37,19 @@ def _image_response(prefix: str, default: str) -> dict[str, Any]:
     return {
         "description": f"the result as an attachment, `{prefix}_<stem>.<ext>` (default {default})",
         "headers": {"Content-Disposition": {"schema": {"type": "string"}}},
-        "content": {"image/png": binary, "image/webp": binary, "image/jpeg": binary},
+        "content": {"image/png": binary, "image/webp": binary, "image/jpeg": binary, "application/zip": binary},
     }
 
 
 BOOLEAN_NOTE = "; the form also accepts 1/0, yes/no, on/off"
+_LENGTH = r"[0-9]+(\.[0-9]+)?(px|%)?"
+MARGIN_PATTERN = rf"^\s*{_LENGTH}(\s+{_LENGTH}){{0,3}}\s*$"
+ROI_PATTERN = rf"^\s*{_LENGTH}(\s+{_LENGTH}){{3}}\s*$"
+SCALE_PATTERN = r"^\s*(original|[0-9]+(\.[0-9]+)?%)\s*$"
+POSITION_PATTERN = r"^\s*(original|center|[0-9]+(\.[0-9]+)?%(\s+[0-9]+(\.[0-9]+)?%)?)\s*$"
+BINARY = {"type": "string", "format": "binary"}
+BODIES_NOTE = ("The fields come as multipart/form-data, urlencoded or a JSON object (files only in multipart); "
+               "the text fields may also be given in the query string, each field once.")
 IMAGE_SOURCES = ("file", "image_url", "image_file_b64")
 
 
@@ -55,18 +63,32 @@ def _form(config: Config, fields: tuple[str, ...]) -> dict[str, Any]:
                                      "at most 3 redirects, the same size limit as an upload)"},
         "image_file_b64": {"type": "string",
                            "description": "the image as base64, plain or as a data: URL (data:image/png;base64,...)"},
-        "format": {"type": "string", "enum": ["png", "webp", "jpeg", "jpg"],
-                   "description": "output format (jpg is jpeg)"},
+        "format": {"type": "string", "enum": ["png", "webp", "jpeg", "jpg", "auto", "zip"],
+                   "description": "output format (jpg is jpeg); auto is PNG when the result has transparency, "
+                                  "else JPEG; zip holds color.jpg (the colours, opaque) and alpha.png (the mask)"},
         "only_mask": {"type": "boolean", "default": False,
                       "description": f"return the 8-bit mask alone{BOOLEAN_NOTE}"},
         "crop": {"type": "boolean", "default": False, "description": f"crop to the subject{BOOLEAN_NOTE}"},
-        "crop_margin": {"type": "string", "pattern": r"^\s*[0-9]+(\.[0-9]+)?\s*(px|%)?\s*$",
-                        "description": "with crop: margin around the subject, '20', '20px' or '10%' "
-                                       "(at most 1000 px or 100 %)"},
+        "crop_margin": {"type": "string", "pattern": MARGIN_PATTERN,
+                        "description": "with crop: margin around the subject, '20', '20px' or '10%' (of the "
+                                       "subject), 1, 2 or 4 values as in CSS (at most 1000 px or 100 % each)"},
         "max_dimension": {"type": "integer", "minimum": 1, "maximum": config.max_dimension,
                           "description": "long side of the result in pixels, at most the server's MAX_DIMENSION"},
+        "max_megapixels": {"type": "number", "minimum": 0.0001, "maximum": 1000,
+                           "description": "at most this many million pixels in the result (beside max_dimension)"},
+        "roi": {"type": "string", "pattern": ROI_PATTERN,
+                "description": "region of interest 'x1 y1 x2 y2' in px of the original image or %: only the "
+                               "subject inside it is kept"},
+        "scale": {"type": "string", "pattern": SCALE_PATTERN,
+                  "description": "'original', or 10%-100%: the subject's size relative to the canvas "
+                                 "(implies position=center)"},
+        "position": {"type": "string", "pattern": POSITION_PATTERN,
+                     "description": "'original', 'center', or one or two percentages (horizontal vertical) "
+                                    "placing the subject on the canvas"},
+        "semitransparency": {"type": "boolean", "default": True,
+                             "description": f"false makes every pixel fully opaque or fully transparent{BOOLEAN_NOTE}"},
         "color": {"type": "string",
-                  "description": "'#RGB', '#RRGGBB', '#RRGGBBAA', 'R,G,B' or a CSS name; default white"},
+                  "description": "'#RGB', '#RGBA', '#RRGGBB', '#RRGGBBAA', 'R,G,B' or a CSS name; default white"},
         "bg_color": {"type": "string",
                      "description": "another name for color (remove.bg's); send one of the two"},
         "bg_image": {"type": "string", "format": "binary",
@@ -83,12 +105,128 @@ def _form(config: Config, fields: tuple[str, ...]) -> dict[str, Any]:
         "description": f"Send the image as exactly one of {', '.join(IMAGE_SOURCES)}; any field not listed "
                        "here is refused with 400.",
     }
-    return {"required": True, "content": {"multipart/form-data": {"schema": schema}}}
+    return {"required": True, "content": _bodies(schema, FILE_FIELDS)}
 
 
-REMOVE_FIELDS = ("file", "image_url", "image_file_b64", "format", "only_mask", "crop", "crop_margin", "max_dimension")
-CHANGE_COLOR_FIELDS = ("file", "image_url", "image_file_b64", "color", "bg_color", "bg_image", "format", "crop",
-                       "crop_margin", "max_dimension")
+def _bodies(multipart: dict[str, Any], files: frozenset[str]) -> dict[str, Any]:
+    """The same fields as multipart, urlencoded and JSON; files only in multipart."""
+    text = {**multipart, "properties": {name: prop for name, prop in multipart["properties"].items()
+                                        if name not in files}}
+    return {"multipart/form-data": {"schema": multipart}, "application/x-www-form-urlencoded": {"schema": text},
+            "application/json": {"schema": text}}
+
+
+FILE_FIELDS = frozenset({"file", "bg_image", "image_file", "bg_image_file"})
+OPTION_FIELDS = ("format", "crop", "crop_margin", "max_dimension", "max_megapixels", "roi", "scale", "position",
+                 "semitransparency")
+REMOVE_FIELDS = ("file", "image_url", "image_file_b64", "only_mask", *OPTION_FIELDS)
+CHANGE_COLOR_FIELDS = ("file", "image_url", "image_file_b64", "color", "bg_color", "bg_image", *OPTION_FIELDS)
+
+
+REMOVEBG_ERRORS = {"$ref": "#/components/schemas/RemoveBgErrors"}
+FOREGROUND = ("foreground_top", "foreground_left", "foreground_width", "foreground_height")
+
+
+def _removebg_error(description: str, retry: bool = False) -> dict[str, Any]:
+    response: dict[str, Any] = {"description": description,
+                                "content": {"application/json": {"schema": REMOVEBG_ERRORS}}}
+    if retry:
+        response["headers"] = {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}}
+    return response
+
+
+def _removebg_body() -> dict[str, Any]:
+    """remove.bg's fields, as its clients send them (booleans also as strings: "true" / "false")."""
+    boolean = {"oneOf": [{"type": "boolean"}, {"type": "string", "enum": ["true", "false"]}]}
+    properties: dict[str, Any] = {
+        "image_file": {**BINARY, "description": "the image (multipart only); a part filename without an "
+                                                "extension is judged by its content"},
+        "image_url": {"type": "string", "format": "uri",
+                      "description": "an http(s) URL fetched with the same guards as /api/bg's image_url"},
+        "image_file_b64": {"type": "string", "description": "the image as base64"},
+        "size": {"type": "string", "enum": ["preview", "small", "regular", "medium", "hd", "full", "4k", "auto"],
+                 "default": "preview", "description": "preview/small/regular: at most 0.25 MP; medium 1.5 MP; "
+                                                      "hd 4 MP; full/4k/auto: the original, up to MAX_DIMENSION"},
+        "type": {"type": "string", "enum": ["auto", "person", "product", "car"], "default": "auto",
+                 "description": "only auto is served; the others are 400 unsupported_type"},
+        "type_level": {"type": "string", "enum": ["none", "1", "2", "latest"], "default": "1",
+                       "description": "none (no X-Type) or 1 (X-Type: other); 2 and latest are 400 "
+                                      "unsupported_type_level"},
+        "format": {"type": "string", "enum": ["auto", "png", "jpg", "jpeg", "zip", "webp"], "default": "auto",
+                   "description": "auto: PNG where the result has transparency, else JPEG; zip: color.jpg + "
+                                  "alpha.png; webp is this server's extension"},
+        "roi": {"type": "string", "pattern": ROI_PATTERN, "default": "0% 0% 100% 100%",
+                "description": "x1 y1 x2 y2 in px (of the original image) or %; only the subject inside is kept"},
+        "crop": {**boolean, "description": "crop off the empty regions"},
+        "crop_margin": {"type": "string", "pattern": MARGIN_PATTERN,
+                        "description": "with crop=true: 1, 2 or 4 values in px or % (of the subject); ignored "
+                                       "without crop"},
+        "scale": {"type": "string", "pattern": SCALE_PATTERN, "default": "original"},
+        "position": {"type": "string", "pattern": POSITION_PATTERN, "default": "original"},
+        "channels": {"type": "string", "enum": ["rgba", "alpha"], "default": "rgba",
+                     "description": "alpha: the mask alone"},
+        "add_shadow": {**boolean, "description": "only false is served; true is 400 unsupported_add_shadow"},
+        "semitransparency": {**boolean, "description": "false: every pixel fully opaque or transparent"},
+        "bg_color": {"type": "string", "description": "hex (81d4fa, fff, with alpha 4 or 8 digits) or a colour name"},
+        "bg_image_url": {"type": "string", "format": "uri", "description": "a background image, scaled to cover"},
+        "bg_image_file": {**BINARY, "description": "a background image (multipart only), scaled to cover"},
+    }
+    multipart = {"type": "object", "properties": properties, "additionalProperties": False,
+                 "description": "Exactly one of image_file, image_url, image_file_b64; at most one bg_* field."}
+    return {"required": True, "content": _bodies(multipart, FILE_FIELDS)}
+
+
+def _removebg_paths(config: Config, auth: bool) -> dict[str, Any]:
+    """remove.bg's API as this server answers it (see app/api/removebg_api.py)."""
+    security = [{"apiKey": []}, {"bearer": []}] if auth else []
+    denied = {"403": _removebg_error("missing or wrong API key (X-Api-Key)")} if auth else {}
+    binary = {"schema": BINARY}
+    number = {"schema": {"type": "string", "pattern": "^[0-9]+$"}}
+    headers = {name: {**number, "required": True}
+               for name in ("X-Width", "X-Height", "X-Credits-Charged", "X-Foreground-Top", "X-Foreground-Left",
+                            "X-Foreground-Width", "X-Foreground-Height")}
+    headers["X-Type"] = {"schema": {"type": "string"}, "description": "always 'other' (no classifier); absent "
+                                                                      "with type_level=none"}
+    result = {"type": "object", "required": ["data"], "properties": {"data": {
+        "type": "object", "required": ["result_b64", *FOREGROUND],
+        "properties": {"result_b64": {"type": "string", "format": "byte"},
+                       **{name: {"type": "integer"} for name in FOREGROUND}}}}}
+    credits = {"type": "object", "required": ["total", "subscription", "payg", "enterprise"],
+               "properties": {name: {"type": "number"} for name in ("total", "subscription", "payg", "enterprise")}}
+    account = {"type": "object", "required": ["data"], "properties": {"data": {
+        "type": "object", "required": ["attributes"], "properties": {"attributes": {
+            "type": "object", "required": ["credits", "api"], "properties": {
+                "credits": credits,
+                "api": {"type": "object", "required": ["free_calls", "sizes"],
+                        "properties": {"free_calls": {"type": "integer"}, "sizes": {"type": "string"}}}}}}}}}
+    return {
+        "/v1.0/removebg": {"post": {
+            "summary": "remove.bg-compatible background removal",
+            "description": "remove.bg's API: point a remove.bg client at this server. The image bytes, or "
+                           'with Accept: application/json `{"data": {"result_b64", "foreground_*"}}`. '
+                           f"Uploads up to {config.max_file_size_mb} MB. Errors are remove.bg's "
+                           '`{"errors": [{"title", "code", "detail"}]}`.',
+            "operationId": "removebg", "tags": ["remove.bg"], "security": security,
+            "requestBody": _removebg_body(),
+            "responses": {
+                "200": {"description": "the result", "headers": headers,
+                        "content": {"image/png": binary, "image/jpeg": binary, "image/webp": binary,
+                                    "application/zip": binary, "application/json": {"schema": result}}},
+                "400": _removebg_error("invalid parameters or an unprocessable image; code says which "
+                                       "(missing_source, invalid_size, file_too_large, resolution_too_high, "
+                                       "unknown_foreground...)"),
+                **denied,
+                "429": _removebg_error("the server is busy", retry=True),
+                "503": _removebg_error("the model is loading or unavailable", retry=True),
+            },
+        }},
+        "/v1.0/account": {"get": {
+            "summary": "remove.bg-compatible account (nothing is metered: every balance is 0)",
+            "operationId": "removebgAccount", "tags": ["remove.bg"], "security": security,
+            "responses": {"200": {"description": "the account",
+                                  "content": {"application/json": {"schema": account}}}, **denied},
+        }},
+    }
 
 
 def server_url(request: Request) -> str:
@@ -118,13 +256,14 @@ def openapi_document(config: Config, metrics: bool, server: str | None = None) -
         "/api/bg/remove": {"post": {
             "summary": "Remove the background",
             "description": f"Transparent cutout. Uploads up to {config.max_file_size_mb} MB; results at most "
-                           f"{config.max_dimension} px on the long side.",
+                           f"{config.max_dimension} px on the long side. {BODIES_NOTE}",
             "operationId": "remove", "security": security,
             "requestBody": _form(config, REMOVE_FIELDS),
             "responses": {"200": _image_response("nobg", "PNG"), **_image_errors(auth)},
         }},
         "/api/bg/change_color": {"post": {
             "summary": "Replace the background with a colour or an image",
+            "description": BODIES_NOTE,
             "operationId": "changeColor", "security": security,
             "requestBody": _form(config, CHANGE_COLOR_FIELDS),
             "responses": {"200": _image_response("colored", "JPEG, or PNG for a translucent colour"),
@@ -161,6 +300,7 @@ def openapi_document(config: Config, metrics: bool, server: str | None = None) -
                                   "content": {"application/json": {"schema": {"type": "object"}}}}},
         }},
     }
+    paths.update(_removebg_paths(config, auth))
     if metrics:
         paths["/metrics"] = {"get": {
             "summary": "Prometheus metrics", "operationId": "metrics", "security": security,
@@ -188,6 +328,11 @@ def openapi_document(config: Config, metrics: bool, server: str | None = None) -
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"},
                                 "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}},
             "schemas": {
+                "RemoveBgErrors": {"type": "object", "required": ["errors"], "properties": {"errors": {
+                    "type": "array", "minItems": 1, "items": {
+                        "type": "object", "required": ["title", "code", "detail"],
+                        "properties": {"title": {"type": "string"}, "code": {"type": "string"},
+                                       "detail": {"type": "string"}}}}}},
                 "Error": {"type": "object", "required": ["error", "request_id"],
                           "properties": {"error": {"type": "string"}, "request_id": {"type": "string"}},
                           "additionalProperties": False},

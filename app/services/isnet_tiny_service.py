@@ -28,7 +28,7 @@ from PIL import Image
 
 from app import model_io
 from app.config import Config
-from app.errors import Unavailable
+from app.errors import Busy, Unavailable
 from app.services import model_store
 from app.services.model_prepare import prepare_tiny_in_child
 from app.services.model_store import ModelFile, ModelUnavailable
@@ -118,7 +118,7 @@ def release_memory_to_os() -> None:
 
 
 # The NCHWc re-layout's reorder buffers cost 8 MB of peak on u2netp and 33 MB on isnet-general-tiny
-# for no clear speed-up once buffer reuse is off (bench/README.md); memory is the budget that matters.
+# for no clear speed-up once buffer reuse is off (docs/performance.md); memory is the budget that matters.
 # With the arena (speed first) it stays on: fp32 u2netp runs ~20 % faster with it, int8 IS-Net the same.
 DISABLED_OPTIMIZERS = ["NchwcTransformer"]
 
@@ -126,12 +126,12 @@ DISABLED_OPTIMIZERS = ["NchwcTransformer"]
 def create_session(path: str, threads: int, arena: bool = False) -> ort.InferenceSession:
     """A lean CPU session: few threads; by default no arena, memory pattern or buffer reuse.
 
-    Each of those three keeps activation buffers alive past their last use (bench/README.md has the
+    Each of those three keeps activation buffers alive past their last use (docs/performance.md has the
     measurements): without them every tensor is freed as soon as its last consumer has run, and with
     glibc's mmap threshold lowered (tune_malloc) that memory goes straight back to the OS. The price is
     a fresh, zeroed mapping for every activation. `arena` (ORT_ARENA=1) trades memory for speed: the
     CPU arena, buffer reuse and the NCHWc layout recycle those mappings within a run
-    (isnet-general-tiny ~25-40 % faster for ~75 MB more peak, u2netp ~2x for ~180 MB; bench/README.md),
+    (isnet-general-tiny ~25-40 % faster for ~75 MB more peak, u2netp ~2x for ~180 MB; docs/performance.md),
     and run_options() shrinks the arena back after every run.
     """
     options = ort.SessionOptions()
@@ -323,7 +323,7 @@ class IsnetTinyService:
             with self._lock:
                 if self._waiting >= self.config.max_queue:
                     self.stats.rejected_busy += 1
-                    raise Unavailable("the server is busy; try again in a few seconds", retry_after=5)
+                    raise Busy("the server is busy; try again in a few seconds", retry_after=5)
                 self._waiting += 1
             try:
                 acquired = self._slot.acquire(timeout=self.config.queue_timeout_s)
@@ -332,7 +332,7 @@ class IsnetTinyService:
                     self._waiting -= 1
             if not acquired:
                 self.stats.rejected_busy += 1
-                raise Unavailable("the server is busy; try again in a few seconds", retry_after=5)
+                raise Busy("the server is busy; try again in a few seconds", retry_after=5)
         with self._lock:
             self._running = True
         try:

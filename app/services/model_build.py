@@ -6,7 +6,7 @@ images in ``app/model_build_calibration/`` -> atomic write of the model and a
 ``<dest>.sha256`` sidecar. The same source gives byte-identical output.
 
 The recipe (``DEFAULT_RECIPE``) was chosen by measurement, see
-``bench/RESULTS-isnet-tiny.md``: QDQ, per-channel, U8 activations / S8 weights,
+``bench/experiments/RESULTS-isnet-tiny.md``: QDQ, per-channel, U8 activations / S8 weights,
 Entropy calibration one image at a time, only the mask head (side1 Conv, last
 Resize, Sigmoid) in float. On the 6 fixture photos: IoU 0.9928 mean / 0.965 min
 vs fp32 IS-Net, 44.6 MB, 267 MB peak RSS with MALLOC_MMAP_THRESHOLD_=131072.
@@ -379,7 +379,7 @@ def integer_resize(model: onnx.ModelProto) -> onnx.ModelProto:
 
     onnxruntime drops such Q/DQ pairs around MaxPool or Transpose but keeps them around a linear
     Resize, so IS-Net's 34 upsamplings each dequantise a feature map to float (4x its bytes), resize it
-    and quantise it again: about 18 % of isnet-general-tiny's time (bench/README.md). Bilinear
+    and quantise it again: about 18 % of isnet-general-tiny's time (docs/performance.md). Bilinear
     interpolation commutes with an affine map that both ends share, so running it on the integers
     changes only the rounding. The graph is rewritten in place order, so the result is deterministic.
     """

@@ -1,12 +1,12 @@
 """Sweep int8 quantisation recipes for isnet-general-tiny and measure each one.
 
-    python bench/quant_sweep.py --source ../shared/models/isnet-general-use.fp16.onnx --out /tmp/sweep
-    python bench/quant_sweep.py ... --only base,minmax      # a subset
-    python bench/quant_sweep.py ... --list                  # variant names
+    python bench/experiments/quant_sweep.py --source ../shared/models/isnet-general-use.fp16.onnx --out /tmp/sweep
+    python bench/experiments/quant_sweep.py ... --only base,minmax      # a subset
+    python bench/experiments/quant_sweep.py ... --list                  # variant names
 
 For every variant: build (app.services.model_build.quantize, calibration ranges
 cached per method in OUT/calib-*.json so variants that only differ in excluded
-nodes reuse them), then measure in a fresh subprocess with bench/measure_model.py
+nodes reuse them), then measure in a fresh subprocess with bench/experiments/measure_model.py
 (peak RSS, median latency, IoU/MAE vs the fp32 IS-Net reference masks). Results
 are appended to OUT/results.jsonl; variants already there are skipped unless
 --force. Runs strictly one thing at a time.
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import onnx
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from app.services.model_build import (  # noqa: E402
@@ -69,7 +69,7 @@ def variants(model: onnx.ModelProto) -> dict[str, Recipe]:
         "qoperator": replace(BASE, quant_format="QOperator"),
     }
     # Entropy-calibrated variants keeping the convs with the largest SQNR drop
-    # (bench/sensitivity.py on a calibration image) in float, cheapest first.
+    # (bench/experiments/sensitivity.py on a calibration image) in float, cheapest first.
     ent = replace(BASE, calibrate_method="Entropy")
     low_res = ("/stage2d/rebnconv1d/",)
     low_res6 = low_res + ("/stage3/rebnconv1d/", "/stage3d/rebnconv1d/", "/stage4d/rebnconv1d/",
@@ -98,10 +98,10 @@ def variants(model: onnx.ModelProto) -> dict[str, Recipe]:
 
 
 def measure(model_path: Path, env_extra: dict[str, str], extra_args: list[str] = ()) -> dict:
-    """Run bench/measure_model.py in a fresh process and parse its JSON."""
+    """Run bench/experiments/measure_model.py in a fresh process and parse its JSON."""
     env = dict(os.environ, **env_extra)
     out = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "measure_model.py"), str(model_path), "--json", *extra_args],
+        [sys.executable, str(ROOT / "bench" / "experiments" / "measure_model.py"), str(model_path), "--json", *extra_args],
         env=env, check=True, capture_output=True, text=True,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -122,7 +122,7 @@ def make_calrefs(fp32_path: Path, calref: Path) -> None:
     import onnxruntime as ort
     from PIL import Image
 
-    sys.path.insert(0, str(ROOT / "bench"))
+    sys.path.insert(0, str(ROOT / "bench" / "experiments"))
     from measure_model import postprocess, preprocess
 
     calref.mkdir(parents=True, exist_ok=True)

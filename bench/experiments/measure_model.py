@@ -2,7 +2,7 @@
 
 Usage (run it as its own process so the peak RSS belongs to this model only):
 
-    python bench/measure_model.py MODEL.onnx [--images DIR] [--masks DIR] [--json]
+    python bench/experiments/measure_model.py MODEL.onnx [--images DIR] [--masks DIR] [--json]
 
 Session: CPU EP, intra_op_num_threads=1, enable_cpu_mem_arena=False,
 enable_mem_pattern=False, ORT_ENABLE_ALL. The photos are processed in sorted
@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_IMAGES = HERE.parent.parent / "shared" / "fixtures" / "images"
-DEFAULT_MASKS = HERE.parent.parent / "shared" / "fixtures" / "masks"
+DEFAULT_IMAGES = HERE.parents[2] / "shared" / "fixtures" / "images"
+DEFAULT_MASKS = HERE.parents[2] / "shared" / "fixtures" / "masks"
 
 
 def vm_kb(field: str) -> int:

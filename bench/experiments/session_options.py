@@ -1,7 +1,7 @@
 """Peak memory and latency of one model under different onnxruntime session options, each in a fresh process.
 
-    python bench/session_options.py                       # bundled u2netp at 320
-    python bench/session_options.py --model /tmp/bench-models/isnet-general-tiny.onnx --runs 3
+    python bench/experiments/session_options.py                       # bundled u2netp at 320
+    python bench/experiments/session_options.py --model /tmp/bench-models/isnet-general-tiny.onnx --runs 3
 
 Each variant runs in its own child process (peak RSS is per process lifetime): import, glibc tuning as
 the service does it, create the session, then `--runs` inferences on a random input. Reported: RSS
@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 VARIANTS: dict[str, dict[str, object]] = {
     "service (arena, pattern, reuse off; NCHWc off)": {"arena": False, "pattern": False, "reuse": False, "nchwc": False},

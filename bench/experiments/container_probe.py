@@ -1,7 +1,7 @@
 """Start an image under a 512 MB limit and show what a platform sees: every /health answer until the
 first 200, a burst of uploads (each non-200 with its Retry-After), and the start log's bad lines.
 
-    python3 bench/container_probe.py IMAGE [PORT] [-e NAME=VALUE ...]     # ENGINE=podman by default
+    python3 bench/experiments/container_probe.py IMAGE [PORT] [-e NAME=VALUE ...]     # ENGINE=podman by default
 
 Exit status 1 when health never answers 200 with the model ready, when the log has ERROR / Traceback /
 onnxruntime warning lines, or when a burst answer is neither 200 nor 503 with Retry-After. With
@@ -21,7 +21,7 @@ import uuid
 from pathlib import Path
 
 ENGINE = os.environ.get("ENGINE", "podman")
-PHOTO = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "images" / "car-1.jpg"
+PHOTO = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "images" / "car-1.jpg"
 BURST = int(os.environ.get("BURST", "14"))
 
 

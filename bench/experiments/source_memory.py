@@ -5,7 +5,7 @@ IMAGE_URL_ALLOW_PRIVATE=1 so it may fetch from the loopback file server this scr
 a small warm-up request (the model load), one request with a 5.5 MB JPEG (7.3 MB as base64, under
 the 8 MB limit) is sent; the worker's VmHWM is read afterwards.
 
-    python bench/source_memory.py [--port 6200] [--image-port 6201]
+    python bench/experiments/source_memory.py [--port 6200] [--image-port 6201]
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import numpy as np
 import requests
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import ROOT, bundled_u2netp, service_server  # noqa: E402
 

@@ -1,6 +1,6 @@
 """Per-tensor quantisation error analysis of a QDQ IS-Net against its fp32 source.
 
-    python bench/sensitivity.py --fp32 /tmp/sweep/fp32.onnx --qdq /tmp/sweep/all-int8.onnx --out /tmp/sweep/sens.json
+    python bench/experiments/sensitivity.py --fp32 /tmp/sweep/fp32.onnx --qdq /tmp/sweep/all-int8.onnx --out /tmp/sweep/sens.json
 
 Uses onnxruntime.quantization.qdq_loss_debug on ONE calibration image (not an
 evaluation photo). For each quantised activation it reports
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import onnx
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from app.services.model_build import ImageCalibrationReader, calibration_images, input_name, input_size  # noqa: E402

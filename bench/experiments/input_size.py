@@ -1,6 +1,6 @@
 """isnet-general-tiny at a smaller input size: fidelity against fp32 IS-Net fixture masks, and time.
 
-    python bench/input_size.py MODEL.onnx SIZE [THREADS]
+    python bench/experiments/input_size.py MODEL.onnx SIZE [THREADS]
 
 The graph's Resize target sizes are constants traced at 1024 px; they are rescaled with the input.
 """
@@ -9,7 +9,7 @@ import sys, time, statistics
 import numpy as np, onnx, onnxruntime as ort
 from PIL import Image
 from pathlib import Path
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT)); sys.path.insert(0, str(ROOT / "bench"))
 import common
 from app import imaging, model_io

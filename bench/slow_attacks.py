@@ -1,0 +1,314 @@
+"""Attacks on the HTTP front for bench/hostile.py --front: slowhttptest in every mode, and three socket floods.
+
+Each attack runs for a fixed time against a server while a prober asks /api/bg/health every 0.25 s (a new
+connection each time, like a platform's health check) and one ordinary upload is sent halfway through.
+After the attack: how long until health answers within 1 s and THREADS requests at once all answer (no
+thread left blocked), and how long until RSS is back within 60 MB of the idle baseline (at most 30 s).
+A sampler reads the server's RSS and the bytes its worker holds open in UPLOAD_FOLDER (spooled bodies,
+anonymous files) every 0.2 s.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import requests
+
+import common
+
+BUNDLE = "/docs/assets/swagger-ui-bundle.js"  # about 1 MB
+THREADS = 12  # gunicorn.conf.py's GUNICORN_THREADS
+MB = 1024 * 1024
+
+
+@dataclass
+class Attack:
+    """Something hostile that runs for `seconds`: start() begins it, stop() ends it and closes its connections."""
+
+    start: Callable[[], None]
+    stop: Callable[[], None]
+    detail: str
+
+
+# --------------------------------------------------------------------------- slowhttptest
+
+
+SLOWHTTPTEST_MODES: dict[str, Callable[[str, int], list[str]]] = {
+    "-H slowloris": lambda base, n: ["-H", "-c", str(n), "-r", "200", "-i", "10", "-s", "8192", "-t", "GET",
+                                     "-u", f"{base}/api/bg/health"],
+    "-B slow body": lambda base, n: ["-B", "-c", str(n), "-r", "200", "-i", "10", "-s", "8192", "-t", "POST",
+                                     "-u", f"{base}/api/bg/remove"],
+    "-R range": lambda base, n: ["-R", "-c", str(n), "-r", "200", "-a", "10", "-b", "3000", "-u", f"{base}{BUNDLE}"],
+    **{f"-X slow read, pipelining {k}": (lambda k: lambda base, n: [
+        "-X", "-c", str(n), "-r", "200", "-w", "512", "-y", "1024", "-n", "5", "-z", "32", "-k", str(k),
+        "-u", f"{base}{BUNDLE}"])(k) for k in range(1, 6)},
+}
+
+
+def slowhttptest(mode: str, base: str, connections: int, seconds: float, log: Path) -> Attack:
+    argv = ["slowhttptest", *SLOWHTTPTEST_MODES[mode](base, connections), "-l", str(int(seconds)), "-p", "3"]
+    process: list[subprocess.Popen] = []
+
+    def start() -> None:
+        with log.open("wb") as out:
+            process.append(subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT))
+
+    def stop() -> None:
+        try:
+            process[0].wait(timeout=seconds + 30)
+        except subprocess.TimeoutExpired:
+            process[0].kill()
+            process[0].wait()
+
+    return Attack(start, stop, " ".join(argv))
+
+
+# --------------------------------------------------------------------------- socket floods
+
+
+def _upload_head(declared: int) -> bytes:
+    return (f"POST /api/bg/remove HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            f"Content-Length: {declared}\r\n\r\n").encode()
+
+
+FLOODS: dict[str, tuple[str, Callable[[int], list[bytes]]]] = {
+    # (description, connections -> what each connection sends before it stalls)
+    "flood: partial uploads (8 MB declared, 500 KB sent)": (
+        "N connections send the head of an 8 MB upload and 500 KB of it, then stall",
+        lambda n: [_upload_head(8 * MB) + b"x" * 500_000] * n),
+    "flood: near-complete uploads (7.9 of 8 MB)": (
+        "150 connections send 7.9 MB of an 8 MB upload, then stall",
+        lambda n: [_upload_head(8_000_000) + b"x" * 7_900_000] * 150),
+    "flood: idle and half-header connections": (
+        "1.5 N connections send nothing and 1.5 N send half a header line, then stall",
+        lambda n: [b""] * (3 * n // 2) + [b"GET /api/bg/health HTTP/1.1\r\nHost: x\r\nX-Ha"] * (3 * n // 2)),
+}
+
+
+def flood(name: str, base: str, connections: int) -> Attack:
+    """Each connection sends its bytes and waits; when the server closes it, it reconnects after 0.5 s."""
+    description, make = FLOODS[name]
+    payloads = make(connections)
+    host, port = base.split("//", 1)[1].rsplit(":", 1)
+    state: dict = {}
+
+    async def hold(payload: bytes, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            writer = None
+            try:
+                reader, writer = await asyncio.open_connection(host, int(port))
+                writer.write(payload)
+                await writer.drain()
+                closed = asyncio.ensure_future(reader.read())  # until the server closes it
+                stopped = asyncio.ensure_future(stop.wait())
+                await asyncio.wait({closed, stopped}, return_when=asyncio.FIRST_COMPLETED)
+                closed.cancel()
+                stopped.cancel()
+            except OSError:
+                pass
+            finally:
+                if writer is not None:
+                    writer.transport.abort()
+            if not stop.is_set():
+                await asyncio.sleep(0.5)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        state["stop"] = stop
+        state["loop"] = asyncio.get_running_loop()
+        state["ready"].set()
+        await asyncio.gather(*(hold(payload, stop) for payload in payloads))
+
+    def run() -> None:
+        asyncio.run(main())
+
+    def start() -> None:
+        state["ready"] = threading.Event()
+        state["thread"] = threading.Thread(target=run, daemon=True)
+        state["thread"].start()
+        state["ready"].wait()
+
+    def stop() -> None:
+        state["loop"].call_soon_threadsafe(state["stop"].set)
+        state["thread"].join(timeout=60)
+
+    return Attack(start, stop, f"{description} (N={connections}); each reconnects 0.5 s after the server closes it")
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+@dataclass
+class Samples:
+    health: list[tuple[float, float]] = field(default_factory=list)  # (time, seconds or inf)
+    rss_mb: list[tuple[float, float]] = field(default_factory=list)
+    spool_mb: list[float] = field(default_factory=list)
+
+
+def spool_bytes(pid: int, folder: Path) -> int:
+    """Disk bytes of the files `pid` holds open in `folder` (spooled bodies are unlinked: only fds show them)."""
+    total = 0
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return 0
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(str(folder)):
+                total += os.stat(f"/proc/{pid}/fd/{fd}").st_blocks * 512
+        except OSError:
+            continue
+    return total
+
+
+def whole_rss_mb(master: int) -> float:
+    return sum(common.proc_mb(pid, "VmRSS") or 0.0 for pid in (master, *common.children_of(master)))
+
+
+def _probe(base: str, timeout_s: float = 5.0) -> float:
+    started = time.monotonic()
+    try:
+        ok = requests.get(base + "/api/bg/health", timeout=timeout_s).status_code == 200
+    except requests.RequestException:
+        ok = False
+    return time.monotonic() - started if ok else float("inf")
+
+
+def _capacity_ok(base: str) -> bool:
+    """THREADS requests at once all answer 200 within 2 s."""
+    results: list[bool] = []
+
+    def one() -> None:
+        try:
+            results.append(requests.get(base + "/api/bg/status", timeout=2).status_code == 200)
+        except requests.RequestException:
+            results.append(False)
+
+    threads = [threading.Thread(target=one) for _ in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return all(results)
+
+
+def run_attack(attack: Attack, base: str, seconds: float, photo: bytes, server: common.Server | None) -> dict:
+    """Run `attack` for `seconds` against `base`; `server` (ours, started here) adds memory and spool figures."""
+    samples = Samples()
+    done = threading.Event()
+
+    def prober() -> None:
+        while not done.is_set():
+            samples.health.append((time.monotonic(), _probe(base)))
+            done.wait(0.25)
+
+    def sampler() -> None:
+        while not done.is_set() and server is not None:
+            samples.rss_mb.append((time.monotonic(), whole_rss_mb(server.master)))
+            samples.spool_mb.append(sum(spool_bytes(pid, server.upload_folder)
+                                        for pid in common.children_of(server.master)) / MB)
+            done.wait(0.2)
+
+    idle_mb = whole_rss_mb(server.master) if server is not None else None
+    watchers = [threading.Thread(target=prober, daemon=True), threading.Thread(target=sampler, daemon=True)]
+    began = time.monotonic()
+    attack.start()
+    for watcher in watchers:
+        watcher.start()
+    time.sleep(seconds / 2)
+    upload_started = time.monotonic()
+    try:
+        upload = requests.post(base + "/api/bg/remove", files={"file": ("p.jpg", photo)}, timeout=60)
+        upload_status: int | str = upload.status_code
+    except requests.RequestException as exc:
+        upload_status = type(exc).__name__
+    upload_s = time.monotonic() - upload_started
+    time.sleep(max(0.0, began + seconds - time.monotonic()))
+    attack.stop()
+    ended = time.monotonic()
+    done.set()
+    for watcher in watchers:
+        watcher.join()
+    recovery_s = None
+    while time.monotonic() - ended < 60:
+        if _probe(base, 1.0) < 1.0 and _capacity_ok(base):
+            recovery_s = round(time.monotonic() - ended, 2)
+            break
+        time.sleep(0.25)
+    after_mb = after_s = None
+    if server is not None and idle_mb is not None:
+        while True:
+            after_mb, after_s = whole_rss_mb(server.master), round(time.monotonic() - ended, 1)
+            if after_mb <= idle_mb + 60 or after_s >= 30:
+                break
+            time.sleep(0.5)
+    during = [latency for at, latency in samples.health if at <= ended]
+    memory = server.memory() if server is not None else {}
+    return {
+        "health_probes": len(during),
+        "health_worst_s": max(during) if during else None,
+        "health_failed": sum(1 for latency in during if latency == float("inf")),
+        "health_over_1s": sum(1 for latency in during if latency >= 1.0),
+        "upload_during": upload_status, "upload_s": round(upload_s, 2),
+        "recovery_s": recovery_s,
+        "rss_idle_mb": idle_mb,
+        "rss_sampled_peak_mb": max((mb for _, mb in samples.rss_mb), default=None),
+        "whole_server_hwm_mb": round((memory.get("worker_hwm_mb") or 0) + (memory.get("master_hwm_mb") or 0), 1)
+        if server is not None else None,
+        "rss_after_mb": after_mb, "rss_after_s": after_s,
+        "spool_peak_mb": round(max(samples.spool_mb, default=0.0), 1) if server is not None else None,
+    }
+
+
+def attacks(base: str, connections: int, seconds: float, logs: Path) -> dict[str, Callable[[], Attack]]:
+    """Every attack by name, each made fresh when called."""
+    made: dict[str, Callable[[], Attack]] = {}
+    for mode in SLOWHTTPTEST_MODES:
+        made[f"slowhttptest {mode}"] = (lambda m: lambda: slowhttptest(
+            m, base, connections, seconds, logs / f"slowhttptest{m.split()[0]}{m[-1]}.log"))(mode)
+    for name in FLOODS:
+        made[name] = (lambda n: lambda: flood(n, base, connections))(name)
+    return made
+
+
+def have_slowhttptest() -> bool:
+    return shutil.which("slowhttptest") is not None
+
+
+def verdict(result: dict) -> list[str]:
+    """The issue's goals this result misses (empty: met)."""
+    missed = []
+    if result["health_worst_s"] is None or result["health_worst_s"] >= 1.0:
+        missed.append("health >= 1 s during")
+    if result["upload_during"] != 200:
+        missed.append(f"upload during: {result['upload_during']}")
+    if result["recovery_s"] is None or result["recovery_s"] > 5:
+        missed.append("recovery > 5 s")
+    if result["whole_server_hwm_mb"] is not None and result["whole_server_hwm_mb"] > 450:
+        missed.append("peak > 450 MB")
+    if result["rss_after_mb"] is not None and result["rss_after_mb"] > result["rss_idle_mb"] + 60:
+        missed.append("RSS not back within 60 MB in 30 s")
+    return missed
+
+
+def table(results: list[dict]) -> str:
+    lines = ["| attack | health worst during (s), probes / failed | upload during | recovery after (s) | "
+             "RSS idle / sampled peak / after (MB, s) | whole-server peak VmHWM (MB) | spool peak (MB) | missed |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in results:
+        worst = "-" if r["health_worst_s"] is None else f"{r['health_worst_s']:.3f}"
+        rss = "-" if r["rss_idle_mb"] is None else (
+            f"{r['rss_idle_mb']:.0f} / {r['rss_sampled_peak_mb']:.0f} / {r['rss_after_mb']:.0f} ({r['rss_after_s']} s)")
+        lines.append(f"| {r['attack']} | {worst}, {r['health_probes']} / {r['health_failed']} | "
+                     f"{r['upload_during']} ({r['upload_s']} s) | {r['recovery_s']} | {rss} | "
+                     f"{r['whole_server_hwm_mb'] if r['whole_server_hwm_mb'] is not None else '-'} | "
+                     f"{r['spool_peak_mb'] if r['spool_peak_mb'] is not None else '-'} | "
+                     f"{'; '.join(r['missed']) or 'none'} |")
+    return "\n".join(lines)

@@ -1,0 +1,60 @@
+"""app.matting on small synthetic images with a known F, B and alpha."""
+from __future__ import annotations
+
+import numpy as np
+
+from app import matting
+
+
+def _scene(size: int = 96) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A red disc with a soft 6 px rim over green: (I, F, alpha 0..1, B, the model-like hard mask)."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    radius = np.hypot(yy - size / 2, xx - size / 2)
+    alpha = np.clip((size * 0.3 - radius) / 6 + 0.5, 0, 1)
+    fg = np.zeros((size, size, 3), np.float32)
+    fg[..., 0] = 0.85
+    fg[..., 2] = 0.2 + 0.1 * (xx / size)
+    bg = np.zeros((size, size, 3), np.float32)
+    bg[..., 1] = 0.8
+    image = alpha[..., None] * fg + (1 - alpha[..., None]) * bg
+    mask = np.where(alpha >= 0.5, 255, 0).astype(np.uint8)
+    return (image * 255 + 0.5).astype(np.uint8), fg, alpha, bg, mask
+
+
+def test_box_mean_matches_a_direct_window_mean() -> None:
+    x = np.random.default_rng(0).random((23, 17), dtype=np.float32)
+    got = matting.box_mean(x, 4)
+    want = np.array([[x[max(0, i - 4):i + 5, max(0, j - 4):j + 5].mean() for j in range(17)] for i in range(23)])
+    assert np.abs(got - want).max() < 1e-5
+
+
+def test_estimate_foreground_lowers_the_colour_error_and_keeps_opaque_pixels() -> None:
+    image, fg, alpha, _, _ = _scene()
+    alpha8 = (alpha * 255 + 0.5).astype(np.uint8)
+    soft = (alpha8 > 0) & (alpha8 < 255)
+    out = matting.estimate_foreground(image, alpha8)
+    before = np.abs(image[soft] / 255 - fg[soft]).mean()
+    after = np.abs(out[soft] / 255 - fg[soft]).mean()
+    assert after < 0.5 * before
+    assert np.array_equal(out[alpha8 == 255], image[alpha8 == 255])
+
+
+def test_refine_alpha_lowers_the_alpha_error_and_keeps_the_interior() -> None:
+    image, _, alpha, _, mask = _scene()
+    out = matting.refine_alpha(image, mask)
+    assert out.dtype == np.uint8 and out.min() >= 0 and out.max() <= 255
+    rim = (alpha > 0) & (alpha < 1)
+    before = np.abs(mask[rim] / 255 - alpha[rim]).mean()
+    after = np.abs(out[rim] / 255 - alpha[rim]).mean()
+    assert after < 0.7 * before
+    size = mask.shape[0]
+    centre = slice(size // 2 - 10, size // 2 + 10)
+    assert np.array_equal(out[centre, centre], mask[centre, centre])
+    assert np.array_equal(out[:5], mask[:5])
+
+
+def test_no_band_returns_the_mask_unchanged() -> None:
+    image, _, _, _, _ = _scene()
+    full = np.full(image.shape[:2], 255, np.uint8)
+    assert np.array_equal(matting.refine_alpha(image, full), full)
+    assert np.array_equal(matting.estimate_foreground(image, full), image)
