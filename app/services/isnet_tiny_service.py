@@ -30,7 +30,7 @@ from app import model_io
 from app.config import Config
 from app.errors import Busy, Unavailable
 from app.services import model_store
-from app.services.model_prepare import prepare_tiny_in_child
+from app.services.model_prepare import prepare_in_child
 from app.services.model_store import ModelFile, ModelUnavailable
 
 log = logging.getLogger(__name__)
@@ -266,7 +266,8 @@ class IsnetTinyService:
             self._set_state(ModelState.DOWNLOADING)
             return model_store.download(spec, config.model_dir, config.model_base_url)
         self._set_state(ModelState.PREPARING)
-        return prepare_tiny_in_child(config.model_dir, config.isnet_source, config.model_base_url)
+        source = config.isnet_source if spec.name == model_store.TINY else None
+        return prepare_in_child(spec.name, config.model_dir, source, config.model_base_url)
 
     def _load(self) -> None:
         started = time.monotonic()
