@@ -123,7 +123,7 @@ def release_memory_to_os() -> None:
 DISABLED_OPTIMIZERS = ["NchwcTransformer"]
 
 
-def create_session(path: str, threads: int, arena: bool = False) -> ort.InferenceSession:
+def create_session(path: str, threads: int, arena: bool = False, profile_prefix: str | None = None) -> ort.InferenceSession:
     """A lean CPU session: few threads; by default no arena, memory pattern or buffer reuse.
 
     Each of those three keeps activation buffers alive past their last use (docs/performance.md has the
@@ -143,6 +143,9 @@ def create_session(path: str, threads: int, arena: bool = False) -> ort.Inferenc
     options.enable_mem_reuse = arena
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
+    if profile_prefix is not None:  # bench/int8_peak.py: the deployed session, op by op
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
     return ort.InferenceSession(
         path, sess_options=options, providers=["CPUExecutionProvider"],
         disabled_optimizers=[] if arena else DISABLED_OPTIMIZERS,
