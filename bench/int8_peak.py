@@ -8,7 +8,8 @@
    threads. Median of --runs after one warm-up; GMAC/s = multiply-accumulates / median seconds.
 2. The model: the same session on --model (the deployed threads, 2 on a 2-vCPU replica, and 1), a
    random input of the model's size; whole-inference GMAC/s = the Conv MACs of the graph / median seconds,
-   as a fraction of the best int8 peak at the same thread count.
+   as a fraction of the best int8 peak at the same thread count. Kernels and model run in alternation,
+   round by round, so both see the same machine load.
 3. Op by op: onnxruntime's profiler on one further run of that session: kernel time per operator type,
    and for the Conv kinds their MACs (from the profiled shapes) and GMAC/s, so the time that does no
    multiply-accumulate (Resize, Concat, Quantize/DequantizeLinear, MaxPool, Add, Sigmoid) shows as such.
@@ -107,16 +108,20 @@ def feed_for(session) -> dict[str, np.ndarray]:
     return feeds
 
 
-def median_seconds(session, runs: int) -> float:
-    feeds = feed_for(session)
-    outputs = [session.get_outputs()[0].name]
-    session.run(outputs, feeds)  # warm-up
-    times = []
+def interleaved(sessions: dict[str, object], runs: int) -> dict[str, float]:
+    """Median seconds per session over `runs` rounds, each round running every session once (after a
+    warm-up each), so the peak kernels and the model see the same machine load."""
+    feeds = {label: feed_for(session) for label, session in sessions.items()}
+    outputs = {label: [session.get_outputs()[0].name] for label, session in sessions.items()}
+    for label, session in sessions.items():
+        session.run(outputs[label], feeds[label])
+    times: dict[str, list[float]] = {label: [] for label in sessions}
     for _ in range(runs):
-        started = time.perf_counter()
-        session.run(outputs, feeds)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+        for label, session in sessions.items():
+            started = time.perf_counter()
+            session.run(outputs[label], feeds[label])
+            times[label].append(time.perf_counter() - started)
+    return {label: statistics.median(values) for label, values in times.items()}
 
 
 def conv_macs(weight_shape: list[int], output_shape: list[int]) -> int:
@@ -192,38 +197,42 @@ def main() -> int:
           f"load average {common.loadavg()}\ncommand: {common.command_line()}\n", flush=True)
 
     result: dict[str, object] = {"machine": info, "command": common.command_line(), "peak": {}, "model": {}}
+    per_node = model_macs(args.model) if args.model.is_file() else {}
+    macs = sum(per_node.values())
+    with tempfile.TemporaryDirectory(prefix="int8-peak-") as tmp:
+        graphs = {}
+        for label, make in KERNELS.items():
+            model, kernel_macs = make()
+            path = Path(tmp) / f"kernel{len(graphs)}.onnx"
+            onnx.save(model, str(path))
+            graphs[label] = (path, kernel_macs)
+        if per_node:
+            graphs[args.model.name] = (args.model, macs)
+        seconds = {t: interleaved({label: create_session(str(path), t, False) for label, (path, _) in graphs.items()},
+                                  args.runs) for t in threads}
+    best = {t: max(graphs[label][1] / seconds[t][label] for label in KERNELS if not label.startswith("fp32")) / 1e9
+            for t in threads}
     print("| kernel | MMAC | " + " | ".join(f"{t} thread(s): ms, GMAC/s" for t in threads) + " |")
     print("| --- | ---: | " + " | ".join("---:" for _ in threads) + " |")
-    best: dict[int, float] = {t: 0.0 for t in threads}
-    with tempfile.TemporaryDirectory(prefix="int8-peak-") as tmp:
-        for label, make in KERNELS.items():
-            model, macs = make()
-            path = Path(tmp) / "kernel.onnx"
-            onnx.save(model, str(path))
-            cells = []
-            for t in threads:
-                seconds = median_seconds(create_session(str(path), t, False), args.runs)
-                rate = macs / seconds / 1e9
-                if not label.startswith("fp32"):
-                    best[t] = max(best[t], rate)
-                result["peak"].setdefault(label, {})[t] = {"s": seconds, "gmac_per_s": rate}
-                cells.append(f"{seconds * 1000:.1f} ms, {rate:.0f}")
-            print(f"| {label} | {macs / 1e6:.0f} | " + " | ".join(cells) + " |", flush=True)
+    for label, (_, kernel_macs) in graphs.items():
+        cells = []
+        for t in threads:
+            rate = kernel_macs / seconds[t][label] / 1e9
+            result["peak"].setdefault(label, {})[t] = {"s": seconds[t][label], "gmac_per_s": rate}
+            cells.append(f"{seconds[t][label] * 1000:.1f} ms, {rate:.0f}")
+        print(f"| {label} | {kernel_macs / 1e6:.0f} | " + " | ".join(cells) + " |")
     print("\nint8 practical peak (best of the int8 kernels): "
           + ", ".join(f"{t} thread(s) {best[t]:.0f} GMAC/s" for t in threads))
-
-    if not args.model.is_file():
+    if not per_node:
         print(f"\nSKIPPED the model part: {args.model} does not exist")
         return 0
-    per_node = model_macs(args.model)
-    macs = sum(per_node.values())
     print(f"\n{args.model.name}: {macs / 1e9:.1f} GMAC in its Convs")
     for t in threads:
-        seconds = median_seconds(create_session(str(args.model), t, False), args.runs)
-        rate = macs / seconds / 1e9
-        result["model"][t] = {"s": seconds, "gmac_per_s": rate, "of_peak": rate / best[t]}
-        print(f"- {t} thread(s): inference median {seconds:.3f} s, {rate:.1f} GMAC/s = {rate / best[t]:.0%} of the int8 peak",
-              flush=True)
+        rate = macs / seconds[t][args.model.name] / 1e9
+        result["model"][t] = {"s": seconds[t][args.model.name], "gmac_per_s": rate, "of_peak": rate / best[t]}
+        print(f"- {t} thread(s): inference median {seconds[t][args.model.name]:.3f} s, {rate:.1f} GMAC/s = "
+              f"{rate / best[t]:.0%} of the int8 peak", flush=True)
+    for t in threads:
         rows = op_table(profile(args.model, t), per_node, best[t])
         result["model"][t]["ops"] = rows
         print(f"\n| op ({t} thread(s), profiler kernel time) | nodes | ms | share | GMAC | GMAC/s | of peak |")
