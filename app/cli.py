@@ -12,8 +12,7 @@ from tqdm import tqdm
 from app import pipeline
 from app.config import ALLOWED_EXTENSIONS, Config
 from app.errors import ApiError
-from app.services import model_store
-from app.services.model_prepare import prepare_tiny
+from app.services import model_prepare, model_store
 
 
 def register_cli(app: Flask) -> None:
@@ -30,8 +29,9 @@ def register_cli(app: Flask) -> None:
         if source is not None and name != model_store.TINY:
             raise click.UsageError("--source is only for isnet-general-tiny")
         try:
-            if name == model_store.TINY:
-                found = prepare_tiny(config.model_dir, source or config.isnet_source, config.model_base_url)
+            if name in model_store.BUILT_FROM:
+                source = source or (config.isnet_source if name == model_store.TINY else None)
+                found = model_prepare.prepare_model(name, config.model_dir, source, config.model_base_url)
             else:
                 found = model_store.fetch_into_dir(spec, config.model_dir, config.model_base_url)
         except model_store.ModelUnavailable as exc:

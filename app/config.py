@@ -127,6 +127,8 @@ class Config:
     isnet_source: Path | None = None
     ort_threads: int = 1
     ort_arena: bool = False
+    # Inferences run at once, each on ort_threads threads (docs/performance.md, "What to set on Railway").
+    inference_slots: int = 1
     max_file_size_mb: int = 8
     max_dimension: int = 1024
     max_pixels: int = 40_000_000
@@ -199,6 +201,7 @@ class Config:
             model_base_url=_url(env, "MODEL_BASE_URL", REMBG_RELEASES),
             ort_threads=_threads(env),
             ort_arena=_flag(env, "ORT_ARENA"),
+            inference_slots=_number(env, "INFERENCE_SLOTS", 1, 1, 8),
             max_file_size_mb=max_file_size_mb,
             max_dimension=_number(env, "MAX_DIMENSION", 1024, 64, 8192),
             max_pixels=_number(env, "MAX_PIXELS", 40_000_000, 1_000_000, 400_000_000),

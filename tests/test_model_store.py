@@ -43,9 +43,11 @@ def closed_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_catalogue_has_the_three_models_with_pins():
-    assert set(CATALOGUE) == {"isnet-general-tiny", "isnet-general-use", "u2netp"}
+def test_catalogue_has_the_four_models_with_pins():
+    assert set(CATALOGUE) == {"isnet-general-tiny", "isnet-general-use", "u2netp", "u2netp-int8"}
     assert CATALOGUE["u2netp"].input_size == 320 and CATALOGUE["isnet-general-use"].input_size == 1024
+    assert (CATALOGUE["u2netp-int8"].input_size, CATALOGUE["u2netp-int8"].mean) == (320, CATALOGUE["u2netp"].mean)
+    assert CATALOGUE["u2netp-int8"].sha256 is None, "built here: checked against the sidecar the build writes"
     assert CATALOGUE["isnet-general-use"].sha256.startswith("60920e99")
     assert CATALOGUE["u2netp"].sha256.startswith("309c8469")
 
@@ -61,6 +63,8 @@ def test_bundled_u2netp_is_found_without_importing_rembg():
 
 def test_default_rule_prefers_tiny_in_model_dir(tmp_path: Path):
     assert model_store.default_model_name(tmp_path) == "u2netp"
+    (tmp_path / "u2netp-int8.onnx").write_bytes(b"x")
+    assert model_store.default_model_name(tmp_path) == "u2netp-int8"
     (tmp_path / "isnet-general-tiny.onnx").write_bytes(b"x")
     assert model_store.default_model_name(tmp_path) == "isnet-general-tiny"
 

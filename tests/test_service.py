@@ -67,6 +67,27 @@ def test_one_inference_at_a_time(make_app):
     assert slow.most_at_once == 1
 
 
+def test_inference_slots_run_that_many_at_once(make_app):
+    app, service, slow = loaded_with_slow_session(make_app, 0.3, INFERENCE_SLOTS="2")
+    codes = post_many(app, 6)
+    assert codes == [200] * 6
+    assert slow.most_at_once == 2
+    assert app.test_client().get("/api/bg/status").get_json()["inference"]["slots"] == 2
+    assert service.stats.inferences == 6
+
+
+def test_clear_waits_for_the_last_of_several_running_inferences(make_app):
+    app, service, slow = loaded_with_slow_session(make_app, 0.6, INFERENCE_SLOTS="2")
+    workers = [threading.Thread(target=post_many, args=(app, 1)) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    time.sleep(0.2)
+    service.clear()  # returns once both have left their slots, never under a running inference
+    assert slow.running == 0 and not service.loaded
+    for worker in workers:
+        worker.join()
+
+
 def test_full_queue_gets_503_with_retry_after(make_app):
     app, service, slow = loaded_with_slow_session(make_app, 0.5, MAX_QUEUE="1", QUEUE_TIMEOUT_S="10")
     codes = post_many(app, 5)

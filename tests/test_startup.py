@@ -114,7 +114,7 @@ def test_a_model_that_needs_onnx_to_build_fails_with_the_command(make_app: Calla
 def test_download_failure_names_isnet_source(tmp_path: Path):
     closed = f"http://127.0.0.1:{free_port()}/"
     with pytest.raises(ModelUnavailable) as failure:
-        model_prepare.prepare_tiny(tmp_path, None, closed)
+        model_prepare.prepare_model(model_store.TINY, tmp_path, None, closed)
     assert "ISNET_SOURCE" in str(failure.value) and "--build-arg ISNET_SOURCE=model-src/" in str(failure.value)
 
 

@@ -290,7 +290,8 @@ def status() -> Response:
             "queue": {"waiting": service.queue_length, "max_queue": config.max_queue,
                       "timeout_s": config.queue_timeout_s, "rejected_busy": service.stats.rejected_busy},
             "inference": {"count": service.stats.inferences, "last_seconds": service.stats.last_inference_s,
-                          "threads": config.ort_threads, "arena": config.ort_arena},
+                          "threads": config.ort_threads, "arena": config.ort_arena,
+                          "slots": config.inference_slots},
         }
     )
 

@@ -30,7 +30,7 @@ from app import model_io
 from app.config import Config
 from app.errors import Busy, Unavailable
 from app.services import model_store
-from app.services.model_prepare import prepare_tiny_in_child
+from app.services.model_prepare import prepare_in_child
 from app.services.model_store import ModelFile, ModelUnavailable
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ def release_memory_to_os() -> None:
 DISABLED_OPTIMIZERS = ["NchwcTransformer"]
 
 
-def create_session(path: str, threads: int, arena: bool = False) -> ort.InferenceSession:
+def create_session(path: str, threads: int, arena: bool = False, profile_prefix: str | None = None) -> ort.InferenceSession:
     """A lean CPU session: few threads; by default no arena, memory pattern or buffer reuse.
 
     Each of those three keeps activation buffers alive past their last use (docs/performance.md has the
@@ -143,6 +143,9 @@ def create_session(path: str, threads: int, arena: bool = False) -> ort.Inferenc
     options.enable_mem_reuse = arena
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
+    if profile_prefix is not None:  # bench/int8_peak.py: the deployed session, op by op
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
     return ort.InferenceSession(
         path, sess_options=options, providers=["CPUExecutionProvider"],
         disabled_optimizers=[] if arena else DISABLED_OPTIMIZERS,
@@ -179,10 +182,10 @@ class IsnetTinyService:
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self._loader: threading.Thread | None = None
-        self._slot = threading.Semaphore(1)
+        self._slot = threading.Semaphore(config.inference_slots)
         self._waiting = 0
-        self._holder: int | None = None
-        self._running = False  # the slot is held; guarded by _lock, like the two below
+        self._holders: set[int] = set()  # threads inside slot()
+        self._running = 0  # slots held; guarded by _lock, like the two below
         self._clear_waiters: list[threading.Event] = []
         self._listeners: list[Callable[[float], None]] = []
         self.stats = Stats()
@@ -266,7 +269,8 @@ class IsnetTinyService:
             self._set_state(ModelState.DOWNLOADING)
             return model_store.download(spec, config.model_dir, config.model_base_url)
         self._set_state(ModelState.PREPARING)
-        return prepare_tiny_in_child(config.model_dir, config.isnet_source, config.model_base_url)
+        source = config.isnet_source if spec.name == model_store.TINY else None
+        return prepare_in_child(spec.name, config.model_dir, source, config.model_base_url)
 
     def _load(self) -> None:
         started = time.monotonic()
@@ -314,10 +318,10 @@ class IsnetTinyService:
 
     @contextmanager
     def _admitted(self) -> Iterator[None]:
-        """The bounded queue: one runs, at most max_queue wait, each for at most queue_timeout_s.
+        """The bounded queue: INFERENCE_SLOTS run, at most max_queue wait, each for at most queue_timeout_s.
 
-        A clear() that arrives while a request runs is carried out when it leaves the slot, before the next
-        request gets in, so the session never disappears under a running inference.
+        A clear() that arrives while requests run is carried out when the last of them leaves its slot,
+        so the session never disappears under a running inference.
         """
         if not self._slot.acquire(blocking=False):
             with self._lock:
@@ -334,13 +338,15 @@ class IsnetTinyService:
                 self.stats.rejected_busy += 1
                 raise Busy("the server is busy; try again in a few seconds", retry_after=5)
         with self._lock:
-            self._running = True
+            self._running += 1
         try:
             yield
         finally:
             with self._lock:
-                self._running = False
-                waiters, self._clear_waiters = self._clear_waiters, []
+                self._running -= 1
+                waiters = []
+                if not self._running:
+                    waiters, self._clear_waiters = self._clear_waiters, []
                 if waiters:
                     self._drop_session()
             self._slot.release()
@@ -349,11 +355,11 @@ class IsnetTinyService:
 
     @contextmanager
     def slot(self) -> Iterator[int]:
-        """Wait for the model and for the single inference slot; yields the model's input size.
+        """Wait for the model and for an inference slot; yields the model's input size.
 
-        Callers decode the photo and call mask() inside it, so the process holds one full-size request
-        at a time while the others wait holding only their (spooled) upload. A request whose model was
-        cleared while it waited loads it again here rather than failing.
+        Callers decode the photo and call mask() inside it, so the process holds INFERENCE_SLOTS (default
+        one) full-size requests at a time while the others wait holding only their (spooled) upload. A
+        request whose model was cleared while it waited loads it again here rather than failing.
         """
         self.wait_until_ready(self.config.queue_timeout_s)
         with self._admitted():
@@ -361,15 +367,16 @@ class IsnetTinyService:
                 self.wait_until_ready(self.config.queue_timeout_s)
             if self._session is None:
                 raise Unavailable("the model was unloaded; try again", retry_after=1)
-            self._holder = threading.get_ident()
+            me = threading.get_ident()
+            self._holders.add(me)
             try:
                 yield self._input_size
             finally:
-                self._holder = None
+                self._holders.discard(me)
 
     def mask(self, model_rgb: Image.Image, size: tuple[int, int]) -> Image.Image:
         """The subject's alpha mask (L) at `size`, from the model-size RGB input; call inside slot()."""
-        if self._holder != threading.get_ident():
+        if threading.get_ident() not in self._holders:
             raise RuntimeError("IsnetTinyService.mask() called outside slot()")
         session, spec = self._session, self._file.spec if self._file else None
         if session is None or spec is None:
@@ -384,8 +391,9 @@ class IsnetTinyService:
         mask = model_io.mask_from_output(np.asarray(prediction), size)
         del prediction
         seconds = time.monotonic() - started
-        self.stats.inferences += 1
-        self.stats.last_inference_s = round(seconds, 3)
+        with self._lock:  # INFERENCE_SLOTS > 1: several threads get here at once
+            self.stats.inferences += 1
+            self.stats.last_inference_s = round(seconds, 3)
         for listener in self._listeners:
             listener(seconds)
         return mask

@@ -1,15 +1,18 @@
-"""Build ``isnet-general-tiny``: an int8 static-quantised IS-Net general-use.
+"""Build the int8 catalogue models: ``isnet-general-tiny`` (from IS-Net general-use) and ``u2netp-int8``
+(from the bundled fp32 u2netp).
 
-Pipeline: load a source IS-Net (fp16 or fp32 ONNX) -> fp32 graph with only
+Pipeline: load a source model (fp16 or fp32 ONNX) -> fp32 graph with only
 output 0 (the mask) -> static QDQ int8 quantisation calibrated on the public
-images in ``app/model_build_calibration/`` -> atomic write of the model and a
-``<dest>.sha256`` sidecar. The same source gives byte-identical output.
+images in ``app/model_build_calibration/``, pre-processed as the service does
+for that model -> atomic write of the model and a ``<dest>.sha256`` sidecar.
+The same source gives byte-identical output.
 
 The recipe (``DEFAULT_RECIPE``) was chosen by measurement, see
 ``bench/experiments/RESULTS-isnet-tiny.md``: QDQ, per-channel, U8 activations / S8 weights,
 Entropy calibration one image at a time, only the mask head (side1 Conv, last
 Resize, Sigmoid) in float. On the 6 fixture photos: IoU 0.9928 mean / 0.965 min
 vs fp32 IS-Net, 44.6 MB, 267 MB peak RSS with MALLOC_MMAP_THRESHOLD_=131072.
+``U2NETP_INT8_RECIPE`` and why its float nodes are the ones they are: docs/models.md.
 This module must not import Flask.
 """
 
@@ -28,7 +31,7 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 from app.model_io import model_input
-from app.services.model_store import CATALOGUE, sidecar_of
+from app.services.model_store import CATALOGUE, TINY, U2NETP_INT8, ModelSpec, sidecar_of
 
 CALIBRATION_DIR = Path(__file__).resolve().parent.parent / "model_build_calibration"
 
@@ -36,7 +39,7 @@ _FLOATS = (TensorProto.FLOAT, TensorProto.FLOAT16)
 
 
 class ModelBuildError(Exception):
-    """The source model cannot be turned into isnet-general-tiny."""
+    """The source model cannot be turned into the requested int8 model."""
 
 
 @dataclass(frozen=True)
@@ -66,9 +69,31 @@ class Recipe:
     # Run each Resize on the uint8 tensor itself when the DequantizeLinear before it and the
     # QuantizeLinear after it share scale and zero point (integer_resize).
     integer_resize: bool = True
+    # Raise an older graph to this opset first (per-channel DequantizeLinear needs 13; u2netp is 11),
+    # then let onnxruntime's quant_pre_process fold the Shape/Gather chains that size u2netp's Resizes.
+    min_opset: int | None = None
 
 
 DEFAULT_RECIPE = Recipe()
+
+# u2netp: MinMax ranges; in float the first Conv (the normalised photo spans a wide range), the mask head,
+# side6's Conv (one output channel, an 11.9 weight among <= 1.8 ones) and the two decoder chains whose
+# Conv feeds a near-constant channel (Conv_765's channel 14 is 228 on every photo, the other 31 at most
+# 72) through Relu, Resize and Concat into the next Conv: quantised, that one channel sets the step of all
+# 32, and Conv_787 alone drops the IoU to 0.69. Conv_44 (2 MMAC) is the cheapest of the rest that lifts
+# the fixtures' minimum over 0.97. How each was found: docs/models.md ("u2netp-int8: the recipe").
+U2NETP_INT8_RECIPE = Recipe(
+    calibrate_method="MinMax",
+    exclude=("first_conv", "mask_conv", "mask_sigmoid"),
+    exclude_nodes=(
+        "Conv_44", "Conv_1026",
+        "Conv_765", "Relu_766", "Resize_785", "Concat_786", "Conv_787",
+        "Conv_898", "Relu_899", "Resize_918", "Concat_919", "Conv_920",
+    ),
+    min_opset=13,
+)
+
+RECIPES: dict[str, Recipe] = {TINY: DEFAULT_RECIPE, U2NETP_INT8: U2NETP_INT8_RECIPE}
 
 
 # --------------------------------------------------------------------------- loading
@@ -223,11 +248,10 @@ def prune_to_first_output(model: onnx.ModelProto) -> onnx.ModelProto:
 # --------------------------------------------------------------------------- calibration
 
 
-def preprocess(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
-    """The service's own IS-Net pre-processing, so calibration sees exactly what inference will."""
+def preprocess(image: Image.Image, size: tuple[int, int], spec: ModelSpec = CATALOGUE["isnet-general-use"]) -> np.ndarray:
+    """The service's own pre-processing for `spec`, so calibration sees exactly what inference will."""
     h, w = size
     resized = image.convert("RGB").resize((w, h), Image.Resampling.LANCZOS)
-    spec = CATALOGUE["isnet-general-use"]
     return model_input(resized, spec.mean, spec.std)
 
 
@@ -246,10 +270,12 @@ class ImageCalibrationReader:
     image (``CalibStridedMinMax=1``), which bounds calibration memory.
     """
 
-    def __init__(self, paths: Sequence[Path], input_name: str, size: tuple[int, int]) -> None:
+    def __init__(self, paths: Sequence[Path], input_name: str, size: tuple[int, int],
+                 spec: ModelSpec = CATALOGUE["isnet-general-use"]) -> None:
         self.paths = list(paths)
         self.input_name = input_name
         self.size = size
+        self.spec = spec
         self.set_range(0, len(self.paths))
 
     def __len__(self) -> int:
@@ -263,7 +289,7 @@ class ImageCalibrationReader:
             return None
         path = self._queue.pop(0)
         with Image.open(path) as im:
-            return {self.input_name: preprocess(im, self.size)}
+            return {self.input_name: preprocess(im, self.size, self.spec)}
 
     def __iter__(self):
         while (item := self.get_next()) is not None:
@@ -323,11 +349,13 @@ def quantize(
     recipe: Recipe = DEFAULT_RECIPE,
     workdir: Path | None = None,
     calibration_cache: Path | None = None,
+    spec: ModelSpec = CATALOGUE["isnet-general-use"],
 ) -> bytes:
     """Quantise an fp32 model (output 0 only) with ``recipe``; return the serialised model.
 
-    ``calibration_cache`` (benchmarks only) stores/reuses the calibrated ranges;
-    it must belong to the same model, images and calibration method.
+    ``spec`` gives the calibration images' pre-processing (mean, std). ``calibration_cache``
+    (benchmarks only) stores/reuses the calibrated ranges; it must belong to the same model,
+    images and calibration method.
     """
     from onnxruntime.quantization import (
         CalibrationMethod,
@@ -338,8 +366,13 @@ def quantize(
 
     model = onnx.ModelProto.FromString(model.SerializeToString())
     _ensure_node_names(model)
+    if recipe.min_opset is not None:
+        model = fold_shapes(model, recipe.min_opset, workdir)
     exclude = role_nodes(model, recipe.exclude) + list(recipe.exclude_nodes)
-    reader = ImageCalibrationReader(images, input_name(model), input_size(model))
+    missing = sorted(set(recipe.exclude_nodes) - {n.name for n in model.graph.node})
+    if missing:
+        raise ModelBuildError(f"the source has no node {', '.join(missing)}: not the model this recipe is for")
+    reader = ImageCalibrationReader(images, input_name(model), input_size(model), spec)
     extra: dict[str, object] = {"CalibStridedMinMax": 1}  # one image at a time
     if recipe.calibrate_method == "Percentile":
         extra["CalibPercentile"] = recipe.percentile
@@ -372,6 +405,25 @@ def quantize(
     q.producer_name = "pixport-isnet-tiny-build"
     q.producer_version = "1"
     return q.SerializeToString()
+
+
+def fold_shapes(model: onnx.ModelProto, min_opset: int, workdir: Path | None = None) -> onnx.ModelProto:
+    """The model at `min_opset` or above, with its constant shape computations folded.
+
+    onnxruntime's quant_pre_process turns u2netp's Shape -> Gather -> Resize chains into constant
+    sizes, so every Resize reads one tensor that integer_resize can rewire.
+    """
+    import onnx.version_converter
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory(prefix="model-build-fold.", dir=workdir) as tmp:
+        path = Path(tmp) / "model.onnx"
+        opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+        if opset < min_opset:
+            model = onnx.version_converter.convert_version(model, min_opset)
+        onnx.save(model, str(path))
+        quant_pre_process(str(path), str(path), skip_symbolic_shape=True)  # symbolic shapes need sympy
+        return onnx.load(str(path))
 
 
 def integer_resize(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -480,22 +532,29 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-def build_isnet_tiny(
+def build_model(
+    name: str,
     source: Path,
     dest: Path,
-    recipe: Recipe = DEFAULT_RECIPE,
+    recipe: Recipe | None = None,
     calibration_dir: Path = CALIBRATION_DIR,
 ) -> str:
-    """Build isnet-general-tiny from ``source`` into ``dest``; return its sha256 hex.
+    """Build the int8 catalogue model ``name`` from ``source`` into ``dest``; return its sha256 hex.
 
-    Also writes ``<dest>.sha256`` (the hex digest and a newline). Both files are
-    written atomically. Raises ``ModelBuildError`` for an unusable source.
+    ``recipe`` defaults to the one in RECIPES. Also writes ``<dest>.sha256`` (the hex digest and a
+    newline). Both files are written atomically. Raises ``ModelBuildError`` for an unusable source.
     """
     dest = Path(dest)
     model = load_source(Path(source))
-    data = quantize(model, calibration_images(calibration_dir), recipe)
+    data = quantize(model, calibration_images(calibration_dir), recipe or RECIPES[name], spec=CATALOGUE[name])
     digest = hashlib.sha256(data).hexdigest()
     # The checksum first: the model file appearing is what tells readers the build is complete.
     _atomic_write(sidecar_of(dest), f"{digest}\n".encode())
     _atomic_write(dest, data)
     return digest
+
+
+def build_isnet_tiny(source: Path, dest: Path, recipe: Recipe = DEFAULT_RECIPE,
+                     calibration_dir: Path = CALIBRATION_DIR) -> str:
+    """Build isnet-general-tiny from an IS-Net general-use file (see build_model)."""
+    return build_model(TINY, source, dest, recipe, calibration_dir)

