@@ -1,21 +1,21 @@
 """Edges: refine the model's mask into an alpha matte, and estimate foreground colours in soft pixels.
 
-Two pure numpy functions the pipeline calls once per request:
+Two functions the pipeline calls once per request, on Pillow images at the output's size:
 
-- refine_alpha: IS-Net's mask is a segmentation (0 or 1 almost everywhere, grey where it is unsure).
+- refine: IS-Net's mask is a segmentation (0 or 1 almost everywhere, grey where it is unsure).
   Inside an uncertain band around its edge the alpha is re-estimated from the full-resolution photo:
   unmixed between the local colours of the sure foreground and background where they differ, a colour
   guided filter of the mask (He, Sun and Tang, "Guided Image Filtering", 2013) where they do not. Both
-  are computed at half the model's resolution and upsampled as the fast guided filter does (He and Sun,
-  2015), so the same step upsamples large outputs with edges that follow the photo. Outside the band
-  the mask is returned unchanged.
-- estimate_foreground: the RGB of a semi-transparent pixel mixes the old background in. Forte and Pitie's
+  are computed at half the model's resolution and evaluated at full size as the fast guided filter does
+  (He and Sun, 2015), so the same step upsamples large outputs with edges that follow the photo. Outside
+  the band the mask is returned unchanged.
+- decontaminate: the RGB of a semi-transparent pixel mixes the old background in. Forte and Pitie's
   blur-fusion estimator ("Approximate Fast Foreground Colour Estimation", ICIP 2021), two levels (a wide
-  blur on a reduced image, then a narrow one at full size), replaces it with an estimated foreground
-  colour, in soft pixels only.
+  blur, then a narrow one), replaces it with an estimated foreground colour, in soft pixels only.
 
-Full-size work happens tile by tile along the band only, in float32, so memory stays bounded by a tile
-(not the image) and time by the length of the edge (not the area).
+Window statistics are computed on reduced images (float32 box filters); full-size work touches only the
+band's (or the soft) pixels, a strip of rows at a time, so time follows the length of the edge and the
+extra memory is a few reduced planes plus one strip, not the image.
 """
 from __future__ import annotations
 
@@ -30,8 +30,11 @@ WORK_SIDE = 1024
 # s = 2 from the model's 1024 px) and its coefficients upsampled to the output.
 GUIDE_SIDE = 512
 # Blur-fusion's wide level runs on the image reduced to this long side: a 90 px window is smooth enough
-# to be computed there and upsampled.
+# to be computed there and upsampled; the narrow level's local means at NARROW_SIDE.
 WIDE_SIDE = 256
+NARROW_SIDE = 512
+# The guided filter (the fallback where foreground and background colours are alike) at this long side.
+FILTER_SIDE = 256
 
 
 @dataclass(frozen=True)
@@ -73,9 +76,10 @@ def _box_sum_axis(x: np.ndarray, r: int, axis: int) -> np.ndarray:
         index[axis] = slice(start, stop)
         return array[tuple(index)]
 
-    pad = [(0, 0)] * x.ndim
-    pad[axis] = (r, r)
-    level = np.pad(x.astype(np.float32, copy=False), pad)
+    shape = list(x.shape)
+    shape[axis] += 2 * r
+    level = np.zeros(shape, dtype=np.float32)
+    part(level, r, r + n)[...] = x
     out: np.ndarray | None = None
     offset, step = 0, 1
     while True:
@@ -111,20 +115,6 @@ def box_mean(x: np.ndarray, r: int) -> np.ndarray:
     return summed
 
 
-def _resize_planes(planes: np.ndarray, size: tuple[int, int], box: tuple[float, float, float, float] | None = None
-                   ) -> np.ndarray:
-    """Bilinear resize of channel-first (C, H, W) float32 planes to size (w, h), with Pillow's C resampler."""
-    return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(plane), mode="F").resize(
-        size, Image.Resampling.BILINEAR, box=box)) for plane in planes])
-
-
-def _source_box(work: tuple[int, int], full: tuple[int, int], left: int, top: int, right: int, bottom: int
-                ) -> tuple[float, float, float, float]:
-    """The region of a working-size plane that maps onto full-size pixels [left, right) x [top, bottom)."""
-    sx, sy = work[0] / full[0], work[1] / full[1]
-    return (left * sx, top * sy, min(work[0], right * sx), min(work[1], bottom * sy))
-
-
 def _work_size(size: tuple[int, int], side: int) -> tuple[int, int]:
     """size scaled down (never up) to `side` on the long side."""
     w, h = size
@@ -132,36 +122,87 @@ def _work_size(size: tuple[int, int], side: int) -> tuple[int, int]:
     return max(1, round(w * scale)), max(1, round(h * scale))
 
 
-def _reduced(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """uint8 pixels box-reduced to size (w, h), as float32 in [0, 1]."""
-    if (pixels.shape[1], pixels.shape[0]) != size:
-        pixels = np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.BOX))
-    return _as_float(pixels)
+def _reduced(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
+    """An L or RGB image box-reduced to size (w, h), as float32 in [0, 1], colour channel-first (3, H, W)."""
+    if image.size != size:
+        image = image.resize(size, Image.Resampling.BOX)
+    scaled = np.asarray(image, dtype=np.float32) * np.float32(1 / 255)
+    return np.ascontiguousarray(scaled.transpose(2, 0, 1)) if scaled.ndim == 3 else scaled
 
 
-Rect = tuple[int, int, int, int]  # top, bottom, left, right
+def _resized(planes: np.ndarray, size: tuple[int, int], method: Image.Resampling = Image.Resampling.BILINEAR
+             ) -> np.ndarray:
+    """Channel-first (C, H, W) float32 planes resized to size (w, h), with Pillow's C resampler."""
+    return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(plane), mode="F").resize(size, method))
+                     for plane in planes])
 
 
-def tiles(active: np.ndarray, tile: int) -> list[Rect]:
-    """Rectangles covering every True pixel: per row of tile x tile blocks, each run of blocks that hold one."""
-    height, width = active.shape
-    rows, cols = -(-height // tile), -(-width // tile)
-    padded = np.zeros((rows * tile, cols * tile), dtype=bool)
-    padded[:height, :width] = active
-    blocks = padded.reshape(rows, tile, cols, tile).any(axis=(1, 3))
-    found: list[Rect] = []
-    for row in np.flatnonzero(blocks.any(axis=1)):
-        line = np.concatenate(([False], blocks[row], [False]))
-        edges = np.flatnonzero(line[1:] != line[:-1])
-        top, bottom = int(row) * tile, min(height, (int(row) + 1) * tile)
-        for start, stop in zip(edges[::2], edges[1::2]):
-            found.append((top, bottom, int(start) * tile, min(width, int(stop) * tile)))
+def _smaller(planes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(H, W) or (C, H, W) float32 planes box-reduced to size (w, h)."""
+    if planes.shape[-2:] == size[::-1]:
+        return planes
+    if planes.ndim == 3:
+        return _resized(planes, size, Image.Resampling.BOX)
+    return _resized(planes[None], size, Image.Resampling.BOX)[0]
+
+
+class _Sampler:
+    """Bilinear samples of low-resolution planes (C, h, w) at full-size pixel positions (the fast guided
+    filter's upsampling, done only where it is needed rather than for the whole image)."""
+
+    def __init__(self, planes: np.ndarray, full: tuple[int, int]) -> None:
+        channels, height, width = planes.shape
+        # one row per pixel, one column per plane, padded by one edge pixel so i + 1 is always inside
+        padded = np.pad(planes, ((0, 0), (0, 1), (0, 1)), mode="edge")
+        self._flat = np.ascontiguousarray(padded.transpose(1, 2, 0)).reshape(-1, channels)
+        self._stride = width + 1
+        self._shape = height, width
+        self._scale = np.float32(height / full[1]), np.float32(width / full[0])
+
+    def _axis(self, index: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+        where = (index.astype(np.float32) + np.float32(0.5)) * self._scale[axis] - np.float32(0.5)
+        np.clip(where, 0, self._shape[axis] - 1, out=where)
+        low = where.astype(np.intp)
+        return low, (where - low.astype(np.float32))[:, None]
+
+    def __call__(self, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+        """(N, C) planes at full-size rows ys and columns xs."""
+        y0, wy = self._axis(ys, 0)
+        x0, wx = self._axis(xs, 1)
+        index = y0 * self._stride + x0
+        rows = []
+        for _ in range(2):
+            left = np.take(self._flat, index, axis=0)
+            right = np.take(self._flat, index + 1, axis=0)
+            right -= left
+            right *= wx
+            right += left
+            rows.append(right)
+            index += self._stride
+        top, bottom = rows
+        bottom -= top
+        bottom *= wy
+        bottom += top
+        return bottom
+
+
+STRIP = 256  # full-size rows handled at once: bounds the per-request buffers at large outputs
+
+
+def _strips(where: np.ndarray) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """(first row, rows, columns) of the True pixels of where, in strips of STRIP rows."""
+    found = []
+    for top in range(0, where.shape[0], STRIP):
+        ys, xs = np.nonzero(where[top:top + STRIP])
+        if ys.size:
+            found.append((top, ys + top, xs))
     return found
 
 
-def _grown(rect: Rect, by: int, shape: tuple[int, ...]) -> Rect:
-    top, bottom, left, right = rect
-    return max(0, top - by), min(shape[0], bottom + by), max(0, left - by), min(shape[1], right + by)
+def _pixels(image: Image.Image, top: int, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """(N, 3) float32 colours in [0, 1] of image at (ys, xs), all within the strip starting at row top."""
+    strip = np.asarray(image.crop((0, top, image.size[0], min(image.size[1], top + STRIP))))
+    return strip[ys - top, xs].astype(np.float32) * np.float32(1 / 255)
 
 
 def _inverse_sym3(a: np.ndarray, b: np.ndarray, c: np.ndarray, d: np.ndarray, e: np.ndarray, f: np.ndarray
@@ -202,17 +243,6 @@ def guided_coefficients(guide: np.ndarray, p: np.ndarray, radius: int, eps: floa
     return box_mean(coef, radius)
 
 
-def _as_float(pixels: np.ndarray) -> np.ndarray:
-    """uint8 (H, W) or (H, W, 3) -> float32 in [0, 1], colour channel-first (3, H, W)."""
-    scaled = pixels.astype(np.float32) * np.float32(1 / 255)
-    return np.ascontiguousarray(scaled.transpose(2, 0, 1)) if scaled.ndim == 3 else scaled
-
-
-def _from_float(planes: np.ndarray) -> np.ndarray:
-    """Channel-first float32 in [0, 1] -> uint8 (H, W, 3), rounded."""
-    return (planes.transpose(1, 2, 0) * 255 + 0.5).astype(np.uint8)
-
-
 def _band(p: np.ndarray, half_width: int) -> np.ndarray:
     """Pixels within half_width of the mask's 0.5 edge, or soft in the mask itself."""
     near = box_mean((p >= 0.5).astype(np.float32), half_width)
@@ -228,112 +258,144 @@ def _sure(flags: np.ndarray, erode: int) -> np.ndarray:
 
 def _colour_mean(guide: np.ndarray, sure: np.ndarray, near: int, wide: int) -> tuple[np.ndarray, np.ndarray]:
     """Mean colour (3, H, W) of the sure pixels around each pixel (the narrow window where it holds
-    some, else the wide one) and whether any were found (H, W)."""
-    weight_near = box_mean(sure, near)
-    weight_wide = box_mean(sure, wide)
-    mean_near = box_mean(guide * sure, near) / (weight_near + np.float32(1e-6))
-    mean_wide = box_mean(guide * sure, wide) / (weight_wide + np.float32(1e-6))
-    has_near = weight_near > np.float32(0.05)
-    return np.where(has_near, mean_near, mean_wide), has_near | (weight_wide > np.float32(0.01))
+    some, else the wide one) and whether any were found (H, W). The wide window's sums are smooth, so
+    they are taken at half the resolution and upsampled."""
+    weighted = np.concatenate([guide * sure, sure[None]])
+    size = guide.shape[:0:-1]
+    half = (max(1, size[0] // 2), max(1, size[1] // 2))
+    sums_wide = _resized(box_mean(_smaller(weighted, half), max(1, wide // 2)), size, Image.Resampling.NEAREST)
+    sums_near = box_mean(weighted, near)
+    mean_near = sums_near[:3] / (sums_near[3] + np.float32(1e-6))
+    mean_wide = sums_wide[:3] / (sums_wide[3] + np.float32(1e-6))
+    has_near = sums_near[3] > np.float32(0.05)
+    return np.where(has_near, mean_near, mean_wide), has_near | (sums_wide[3] > np.float32(0.01))
 
 
-def refine_alpha(rgb: np.ndarray, mask: np.ndarray, params: RefineParams = RefineParams()) -> np.ndarray:
-    """The mask (H, W) uint8 refined into an alpha (H, W) uint8 guided by the photo rgb (H, W, 3) uint8.
+def _upsampled_flags(flags: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    if flags.shape[::-1] == size:
+        return flags
+    return np.asarray(Image.fromarray(flags).resize(size, Image.Resampling.NEAREST))
+
+
+def _unmixing(guide: np.ndarray, p: np.ndarray, params: RefineParams) -> np.ndarray:
+    """Knockout's colour-line alpha as a linear function of the colour, alpha = u.I + c (4, H, W) = (u, c),
+    with u = (F - B) / |F - B|^2 and c = -u.B for the local sure-foreground and -background means, and how
+    far it is trusted (H, W): by how much F and B differ, 0 where either has no sure pixels near."""
+    fore, has_fore = _colour_mean(guide, _sure(p >= params.high, params.erode), params.near, params.wide)
+    back, has_back = _colour_mean(guide, _sure(p <= params.low, params.erode), params.near, params.wide)
+    diff = fore - back
+    spread = (diff * diff).sum(axis=0)
+    linear = np.empty((4,) + p.shape, dtype=np.float32)
+    linear[:3] = diff / (spread + np.float32(1e-6))
+    linear[3] = -(linear[:3] * back).sum(axis=0)
+    trust = spread / (spread + np.float32(params.tau))
+    trust *= has_fore & has_back
+    return linear, trust
+
+
+def refine(rgb: Image.Image, mask: Image.Image, params: RefineParams = RefineParams()) -> Image.Image:
+    """The mask (L) refined into an alpha matte (L) guided by the photo (RGB) of the same size.
 
     In the uncertain band the alpha is the photo's colour unmixed between the local means F and B of
     the sure foreground and background, alpha = (I - B).(F - B) / |F - B|^2 (the colour-line estimate
-    of Knockout, Berman et al. 2000), where F and B differ; where they do not, a colour guided filter
-    of the mask. Both are computed at GUIDE_SIDE and applied to the full-size photo tile by tile along
-    the band (the fast guided filter's upsampling), which is also how an output larger than the model's
-    input gets edges that follow the photo rather than a resized mask. Outside the band (within
-    params.band guide pixels of the 0.5 edge, or soft in the mask) the result is the mask itself.
+    of Knockout, Berman et al. 2000), where F and B differ; where they do not, a guided filter of the
+    mask. Both are linear in the colour, so their blend is one set of coefficients (A, b), computed on
+    reduced images and evaluated as alpha = A.I + b with the full-size photo at the band's pixels only
+    (the fast guided filter's upsampling), which is also how an output larger than the model's input
+    gets edges that follow the photo rather than a resized mask. Outside the band (within params.band
+    guide pixels of the 0.5 edge, or soft in the mask) the result is the mask itself.
     """
-    height, width = mask.shape
+    width, height = mask.size
     work = _work_size((width, height), GUIDE_SIDE)
     p = _reduced(mask, work)
     band_small = _band(p, params.band)
     if not band_small.any():
         return mask.copy()
     guide = _reduced(rgb, work)
-    fore, has_fore = _colour_mean(guide, _sure(p >= params.high, params.erode), params.near, params.wide)
-    back, has_back = _colour_mean(guide, _sure(p <= params.low, params.erode), params.near, params.wide)
-    coef = guided_coefficients(guide, p, params.radius, params.eps)
-    planes = np.concatenate([fore, back, (has_fore & has_back)[None].astype(np.float32), coef])
-    del guide, p, fore, back, coef
-    band_full = (band_small if work == (width, height) else
-                 np.asarray(Image.fromarray(band_small).resize((width, height), Image.Resampling.NEAREST)))
-    tau = np.float32(params.tau)
-    out = mask.copy()
-    for top, bottom, left, right in tiles(band_full, 64):
-        where = band_full[top:bottom, left:right]
-        up = _resize_planes(planes, (right - left, bottom - top),
-                            box=_source_box(work, (width, height), left, top, right, bottom))
-        image = _as_float(rgb[top:bottom, left:right])
-        diff = up[0:3] - up[3:6]
-        spread = (diff * diff).sum(axis=0)
-        unmixed = ((image - up[3:6]) * diff).sum(axis=0) / (spread + np.float32(1e-6))
-        np.clip(unmixed, 0.0, 1.0, out=unmixed)
-        filtered = up[10] + up[7] * image[0] + up[8] * image[1] + up[9] * image[2]
-        np.clip(filtered, 0.0, 1.0, out=filtered)
-        trust = spread / (spread + tau) * (up[6] > np.float32(0.99))
-        alpha = filtered + trust * (unmixed - filtered)
-        out[top:bottom, left:right][where] = (alpha[where] * 255 + 0.5).astype(np.uint8)
+    linear, trust = _unmixing(guide, p, params)
+    filter_size = _work_size((width, height), FILTER_SIDE)
+    if filter_size == work:
+        coef = guided_coefficients(guide, p, params.radius, params.eps)
+    else:
+        radius = max(1, round(params.radius * max(filter_size) / max(work)))
+        coef = _resized(guided_coefficients(_smaller(guide, filter_size), _smaller(p, filter_size), radius,
+                                            params.eps), work)
+    del guide, p
+    coef += trust * (linear - coef)
+    del linear, trust
+    sample = _Sampler(coef, (width, height))
+    out = np.array(mask)
+    for top, ys, xs in _strips(_upsampled_flags(band_small, (width, height))):
+        up = sample(ys, xs)
+        alpha = up[:, 3] + np.einsum("ij,ij->i", up[:, :3], _pixels(rgb, top, ys, xs))
+        np.clip(alpha, 0.0, 1.0, out=alpha)
+        out[ys, xs] = (alpha * 255 + 0.5).astype(np.uint8)
+    return Image.fromarray(out, "L")
+
+
+def _fusion_means(fg: np.ndarray, bg: np.ndarray, alpha: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
+    """Blur-fusion's local means (Forte and Pitie 2021, eq. 4-5): F weighted by alpha, B by 1 - alpha."""
+    mean_a = box_mean(alpha, radius)
+    mean_f = box_mean(fg * alpha, radius)
+    mean_f /= mean_a + np.float32(1e-5)
+    mean_b = box_mean(bg * (1 - alpha), radius)
+    mean_b /= (1 - mean_a) + np.float32(1e-5)
+    return mean_f, mean_b
+
+
+def _fused(image: np.ndarray, alpha: np.ndarray, mean_f: np.ndarray, mean_b: np.ndarray) -> np.ndarray:
+    """Blur-fusion's update (eq. 6), F = F_mean + alpha (I - alpha F_mean - (1 - alpha) B_mean), in [0, 1];
+    any layout where alpha broadcasts against the colours."""
+    f = image - alpha * mean_f - (1 - alpha) * mean_b
+    f *= alpha
+    f += mean_f
+    return np.clip(f, 0.0, 1.0, out=f)
+
+
+def decontaminate(rgb: Image.Image, alpha: Image.Image, params: ForegroundParams = ForegroundParams()
+                  ) -> Image.Image:
+    """The photo (RGB) with estimated foreground colours wherever 0 < alpha (L) < 255; other pixels unchanged.
+
+    Level 1 (the wide blur) runs on the image reduced to WIDE_SIDE, where a 90 px window (at 1024 px)
+    is a 23 px one; level 2 (the narrow blur) on the image reduced to NARROW_SIDE, starting from level 1's
+    estimate; its local means are then sampled at the soft pixels of the full-size image, where the last
+    update uses the full-size colour and alpha.
+    """
+    width, height = alpha.size
+    alphas = np.asarray(alpha)
+    # 1 and 254 are left as they are: there blur-fusion moves a colour by at most one level of 255.
+    soft = (alphas > 1) & (alphas < 254)
+    if not soft.any():
+        return rgb.copy()
+    narrow_size = _work_size((width, height), NARROW_SIDE)
+    wide_size = _work_size((width, height), WIDE_SIDE)
+    image, a = _reduced(rgb, narrow_size), _reduced(alpha, narrow_size)
+    small, small_a = _smaller(image, wide_size), _smaller(a, wide_size)
+    wide = max(1, round(params.wide * max(wide_size) / WORK_SIDE))
+    # the wide level's means are so smooth that nearest-neighbour upsampling loses nothing
+    mean_f, mean_b = (_resized(mean, narrow_size, Image.Resampling.NEAREST)
+                      for mean in _fusion_means(small, small, small_a, wide))
+    f1 = _fused(image, a, mean_f, mean_b)
+    narrow = max(1, round(params.narrow * max(narrow_size) / WORK_SIDE))
+    sample = _Sampler(np.concatenate(_fusion_means(f1, mean_b, a, narrow)), (width, height))
+    del image, a, small, small_a, mean_f, mean_b, f1
+    out = rgb.copy()
+    for top, ys, xs in _strips(soft):
+        means = sample(ys, xs)
+        a_full = alphas[ys, xs].astype(np.float32)[:, None] * np.float32(1 / 255)
+        f = _fused(_pixels(rgb, top, ys, xs), a_full, means[:, 0:3], means[:, 3:6])
+        strip = np.array(out.crop((0, top, width, min(height, top + STRIP))))
+        strip[ys - top, xs] = (f * 255 + 0.5).astype(np.uint8)
+        out.paste(Image.fromarray(strip, "RGB"), (0, top))
     return out
 
 
-def _blur_fusion(image: np.ndarray, fg: np.ndarray, bg: np.ndarray, alpha: np.ndarray, radius: int
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """One blur-fusion step (Forte and Pitie 2021, eq. 4-6): local F and B means weighted by alpha, then
-    F = F_mean + alpha (I - alpha F_mean - (1 - alpha) B_mean)."""
-    a = alpha
-    mean_a = box_mean(alpha, radius)
-    mean_f = box_mean(fg * a, radius)
-    mean_f /= mean_a + np.float32(1e-5)
-    mean_b = box_mean(bg * (1 - a), radius)
-    mean_b /= (1 - mean_a) + np.float32(1e-5)
-    f = image - a * mean_f - (1 - a) * mean_b
-    f *= a
-    f += mean_f
-    np.clip(f, 0.0, 1.0, out=f)
-    return f, mean_b
+def refine_alpha(rgb: np.ndarray, mask: np.ndarray, params: RefineParams = RefineParams()) -> np.ndarray:
+    """refine for arrays: (H, W, 3) uint8 photo, (H, W) uint8 mask -> (H, W) uint8 alpha."""
+    return np.asarray(refine(Image.fromarray(rgb, "RGB"), Image.fromarray(mask, "L"), params))
 
 
 def estimate_foreground(rgb: np.ndarray, alpha: np.ndarray, params: ForegroundParams = ForegroundParams()
                         ) -> np.ndarray:
-    """rgb (H, W, 3) uint8 with estimated foreground colours wherever 0 < alpha < 255; other pixels unchanged.
-
-    Level 1 (the wide blur) runs on the image reduced to WIDE_SIDE, where a 90 px window (at 1024 px)
-    is a 23 px one; its F and B means are upsampled into each tile along the soft band; level 2 (the
-    narrow blur) runs at full size, in those tiles only.
-    """
-    height, width = alpha.shape
-    soft = (alpha > 0) & (alpha < 255)
-    if not soft.any():
-        return rgb.copy()
-    long_side = max(width, height)
-    wide_size = _work_size((width, height), WIDE_SIDE)
-    small_rgb = _reduced(rgb, wide_size)
-    wide = max(1, round(params.wide * max(wide_size) / WORK_SIDE))
-    f1, b1 = _blur_fusion(small_rgb, small_rgb, small_rgb, _reduced(alpha, wide_size), wide)
-    del small_rgb
-    narrow = max(params.narrow, round(params.narrow * long_side / WORK_SIDE))
-    out = rgb.copy()
-    for rect in tiles(soft, 64):
-        top, bottom, left, right = _grown(rect, narrow + 1, soft.shape)
-        box = _source_box(wide_size, (width, height), left, top, right, bottom)
-        size = (right - left, bottom - top)
-        fg = _resize_planes(f1, size, box=box)
-        bg = _resize_planes(b1, size, box=box)
-        image = _as_float(rgb[top:bottom, left:right])
-        a = _as_float(alpha[top:bottom, left:right])
-        # level 1 at full size: blur-fusion's update with the wide means
-        update = image - a * fg
-        update -= (1 - a) * bg
-        update *= a
-        fg += update
-        np.clip(fg, 0.0, 1.0, out=fg)
-        f2, _ = _blur_fusion(image, fg, bg, a, narrow)
-        t, b, l, r = rect
-        where = soft[t:b, l:r]
-        out[t:b, l:r][where] = _from_float(f2[:, t - top:b - top, l - left:r - left])[where]
-    return out
+    """decontaminate for arrays: (H, W, 3) uint8 photo, (H, W) uint8 alpha -> (H, W, 3) uint8 colours."""
+    return np.asarray(decontaminate(Image.fromarray(rgb, "RGB"), Image.fromarray(alpha, "L"), params))
