@@ -44,13 +44,14 @@ class RefineParams:
 
     radius: int = 3  # guided filter window
     eps: float = 1e-4  # guided filter regularisation
-    band: int = 4  # half-width of the uncertain band around the mask's 0.5 edge
+    band: int = 1  # half-width of the uncertain band around the mask's 0.5 edge
     near: int = 2  # local foreground/background colour means: narrow window...
     wide: int = 20  # ...and the wide one where the narrow has no sure pixels
     erode: int = 1  # sure = the mask below `low` or above `high`, eroded this much
     low: float = 0.02
     high: float = 0.98
-    tau: float = 0.1  # |F - B|^2 at which unmixing and the guided filter count alike
+    tau: float = 0.1  # |F - B|^2 at which unmixing and the guided filter count alike...
+    noise: float = 16.0  # ...plus this times the colour variance of the sure pixels around (a busy background)
 
 
 @dataclass(frozen=True)
@@ -243,10 +244,15 @@ def guided_coefficients(guide: np.ndarray, p: np.ndarray, radius: int, eps: floa
     return box_mean(coef, radius)
 
 
+def _near_edge(p: np.ndarray, half_width: int) -> np.ndarray:
+    """Pixels within half_width of the mask's 0.5 edge."""
+    near = box_mean((p >= 0.5).astype(np.float32), half_width)
+    return (near > 0.0) & (near < 1.0)
+
+
 def _band(p: np.ndarray, half_width: int) -> np.ndarray:
     """Pixels within half_width of the mask's 0.5 edge, or soft in the mask itself."""
-    near = box_mean((p >= 0.5).astype(np.float32), half_width)
-    band = (near > 0.0) & (near < 1.0)
+    band = _near_edge(p, half_width)
     band |= (p > 0.02) & (p < 0.98)
     return band
 
@@ -256,19 +262,23 @@ def _sure(flags: np.ndarray, erode: int) -> np.ndarray:
     return (box_mean(flags.astype(np.float32), erode) >= np.float32(0.999)).astype(np.float32)
 
 
-def _colour_mean(guide: np.ndarray, sure: np.ndarray, near: int, wide: int) -> tuple[np.ndarray, np.ndarray]:
+def _colour_mean(guide: np.ndarray, sure: np.ndarray, near: int, wide: int
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean colour (3, H, W) of the sure pixels around each pixel (the narrow window where it holds
-    some, else the wide one) and whether any were found (H, W). The wide window's sums are smooth, so
-    they are taken at half the resolution and upsampled."""
-    weighted = np.concatenate([guide * sure, sure[None]])
+    some, else the wide one), their colour variance (H, W; summed over channels) and whether any were
+    found (H, W). The wide window's sums are smooth, so they are taken at half the resolution and upsampled."""
+    weighted = np.concatenate([guide * sure, sure[None], ((guide * guide).sum(axis=0) * sure)[None]])
     size = guide.shape[:0:-1]
     half = (max(1, size[0] // 2), max(1, size[1] // 2))
     sums_wide = _resized(box_mean(_smaller(weighted, half), max(1, wide // 2)), size, Image.Resampling.NEAREST)
     sums_near = box_mean(weighted, near)
-    mean_near = sums_near[:3] / (sums_near[3] + np.float32(1e-6))
-    mean_wide = sums_wide[:3] / (sums_wide[3] + np.float32(1e-6))
     has_near = sums_near[3] > np.float32(0.05)
-    return np.where(has_near, mean_near, mean_wide), has_near | (sums_wide[3] > np.float32(0.01))
+    sums = np.where(has_near, sums_near, sums_wide)
+    del sums_near
+    weight = sums[3] + np.float32(1e-6)
+    mean = sums[:3] / weight
+    variance = np.maximum(sums[4] / weight - (mean * mean).sum(axis=0), 0)
+    return mean, variance, has_near | (sums_wide[3] > np.float32(0.01))
 
 
 def _upsampled_flags(flags: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -281,14 +291,14 @@ def _unmixing(guide: np.ndarray, p: np.ndarray, params: RefineParams) -> np.ndar
     """Knockout's colour-line alpha as a linear function of the colour, alpha = u.I + c (4, H, W) = (u, c),
     with u = (F - B) / |F - B|^2 and c = -u.B for the local sure-foreground and -background means, and how
     far it is trusted (H, W): by how much F and B differ, 0 where either has no sure pixels near."""
-    fore, has_fore = _colour_mean(guide, _sure(p >= params.high, params.erode), params.near, params.wide)
-    back, has_back = _colour_mean(guide, _sure(p <= params.low, params.erode), params.near, params.wide)
+    fore, var_fore, has_fore = _colour_mean(guide, _sure(p >= params.high, params.erode), params.near, params.wide)
+    back, var_back, has_back = _colour_mean(guide, _sure(p <= params.low, params.erode), params.near, params.wide)
     diff = fore - back
     spread = (diff * diff).sum(axis=0)
     linear = np.empty((4,) + p.shape, dtype=np.float32)
     linear[:3] = diff / (spread + np.float32(1e-6))
     linear[3] = -(linear[:3] * back).sum(axis=0)
-    trust = spread / (spread + np.float32(params.tau))
+    trust = spread / (spread + np.float32(params.tau) + np.float32(params.noise) * (var_fore + var_back))
     trust *= has_fore & has_back
     return linear, trust
 
