@@ -386,6 +386,13 @@ def main() -> None:
           f"at end {common.loadavg()}; {len(cases)} composites, {sum(c.megapixels for c in cases) / len(cases):.2f} "
           "MP on average\n")
     print(table(results, peers, memory))
+    print("\nComposites each variant makes worse than both off (recomposite error), and the worst:")
+    base = {row["case"]: row for row in results[OFF]}
+    for name, rows in list(results.items())[1:]:
+        deltas = sorted(((row["recomposite_err"] - base[row["case"]]["recomposite_err"], row["case"]) for row in rows),
+                        reverse=True)
+        worse = [f"{case} {delta:+.2f}" for delta, case in deltas if delta > 0]
+        print(f"- {name}: {len(worse)} of {len(rows)}" + (f" ({', '.join(worse)})" if worse else ""))
     print("\nFidelity, IoU of alpha > 0.5 against fp32 IS-Net on the fixtures: " + ", ".join(
         f"{label} {np.mean(values):.4f} (min {np.min(values):.4f})" for label, values in fidelity.items() if values))
     for row in memory:
