@@ -47,10 +47,13 @@ class RefineParams:
     band: int = 1  # half-width of the uncertain band around the mask's 0.5 edge
     near: int = 2  # local foreground/background colour means: narrow window...
     wide: int = 20  # ...and the wide one where the narrow has no sure pixels
-    erode: int = 1  # sure = the mask below `low` or above `high`, eroded this much
+    erode: int = 1  # sure = the mask below `low` or above `high`, eroded this much...
+    far: int = 2  # ...and this much for the colour variances (beyond the edge's own mixed pixels)
     low: float = 0.02
     high: float = 0.98
     tau: float = 0.1  # |F - B|^2 at which unmixing and the guided filter count alike...
+    busy: float = 0.002  # the refinement counts busy/(busy + colour variance of the sure background around):
+    # on a busy background the model's own edge is usually the better one (0: always fully)
     noise: float = 16.0  # ...plus this times the colour variance of the sure pixels around (a busy background)
 
 
@@ -60,6 +63,9 @@ class ForegroundParams:
 
     wide: int = 90
     narrow: int = 6
+    far: int = 2  # background pixels this far (at WIDE_SIDE) from any foreground measure the variance
+    busy: float = 0.02  # the estimate counts busy/(busy + the wide window's background colour variance): a busy
+    # background's local mean says little about the colour behind one pixel (0: always fully)
 
 
 def _box_sum_axis(x: np.ndarray, r: int, axis: int) -> np.ndarray:
@@ -262,22 +268,25 @@ def _sure(flags: np.ndarray, erode: int) -> np.ndarray:
     return (box_mean(flags.astype(np.float32), erode) >= np.float32(0.999)).astype(np.float32)
 
 
-def _colour_mean(guide: np.ndarray, sure: np.ndarray, near: int, wide: int
+def _colour_mean(guide: np.ndarray, sure: np.ndarray, far: np.ndarray, near: int, wide: int
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean colour (3, H, W) of the sure pixels around each pixel (the narrow window where it holds
-    some, else the wide one), their colour variance (H, W; summed over channels) and whether any were
-    found (H, W). The wide window's sums are smooth, so they are taken at half the resolution and upsampled."""
-    weighted = np.concatenate([guide * sure, sure[None], ((guide * guide).sum(axis=0) * sure)[None]])
+    some, else the wide one), the colour variance (H, W; summed over channels) of the `far` ones (sure and
+    away from the edge, whose own mixed pixels would count as variance) in the wide window, and whether
+    any sure pixels were found (H, W). Wide windows are smooth, so they are taken at half the resolution
+    and upsampled."""
     size = guide.shape[:0:-1]
     half = (max(1, size[0] // 2), max(1, size[1] // 2))
+    squares = (guide * guide).sum(axis=0)
+    weighted = np.concatenate([guide * sure, sure[None], guide * far, far[None], (squares * far)[None]])
     sums_wide = _resized(box_mean(_smaller(weighted, half), max(1, wide // 2)), size, Image.Resampling.NEAREST)
-    sums_near = box_mean(weighted, near)
+    sums_near = box_mean(weighted[:4], near)
     has_near = sums_near[3] > np.float32(0.05)
-    sums = np.where(has_near, sums_near, sums_wide)
-    del sums_near
-    weight = sums[3] + np.float32(1e-6)
-    mean = sums[:3] / weight
-    variance = np.maximum(sums[4] / weight - (mean * mean).sum(axis=0), 0)
+    mean = np.where(has_near, sums_near[:3] / (sums_near[3] + np.float32(1e-6)),
+                    sums_wide[:3] / (sums_wide[3] + np.float32(1e-6)))
+    weight = sums_wide[7] + np.float32(1e-6)
+    mean_far = sums_wide[4:7] / weight
+    variance = np.maximum(sums_wide[8] / weight - (mean_far * mean_far).sum(axis=0), 0)
     return mean, variance, has_near | (sums_wide[3] > np.float32(0.01))
 
 
@@ -291,8 +300,11 @@ def _unmixing(guide: np.ndarray, p: np.ndarray, params: RefineParams) -> np.ndar
     """Knockout's colour-line alpha as a linear function of the colour, alpha = u.I + c (4, H, W) = (u, c),
     with u = (F - B) / |F - B|^2 and c = -u.B for the local sure-foreground and -background means, and how
     far it is trusted (H, W): by how much F and B differ, 0 where either has no sure pixels near."""
-    fore, var_fore, has_fore = _colour_mean(guide, _sure(p >= params.high, params.erode), params.near, params.wide)
-    back, var_back, has_back = _colour_mean(guide, _sure(p <= params.low, params.erode), params.near, params.wide)
+    sure_fore, sure_back = p >= params.high, p <= params.low
+    fore, var_fore, has_fore = _colour_mean(guide, _sure(sure_fore, params.erode), _sure(sure_fore, params.far),
+                                            params.near, params.wide)
+    back, var_back, has_back = _colour_mean(guide, _sure(sure_back, params.erode), _sure(sure_back, params.far),
+                                            params.near, params.wide)
     diff = fore - back
     spread = (diff * diff).sum(axis=0)
     linear = np.empty((4,) + p.shape, dtype=np.float32)
@@ -300,7 +312,9 @@ def _unmixing(guide: np.ndarray, p: np.ndarray, params: RefineParams) -> np.ndar
     linear[3] = -(linear[:3] * back).sum(axis=0)
     trust = spread / (spread + np.float32(params.tau) + np.float32(params.noise) * (var_fore + var_back))
     trust *= has_fore & has_back
-    return linear, trust
+    busy = np.float32(params.busy)
+    plain = busy / (busy + var_back) if params.busy else np.ones_like(trust)
+    return linear, trust, plain
 
 
 def refine(rgb: Image.Image, mask: Image.Image, params: RefineParams = RefineParams()) -> Image.Image:
@@ -322,7 +336,7 @@ def refine(rgb: Image.Image, mask: Image.Image, params: RefineParams = RefinePar
     if not band_small.any():
         return mask.copy()
     guide = _reduced(rgb, work)
-    linear, trust = _unmixing(guide, p, params)
+    linear, trust, plain = _unmixing(guide, p, params)
     filter_size = _work_size((width, height), FILTER_SIDE)
     if filter_size == work:
         coef = guided_coefficients(guide, p, params.radius, params.eps)
@@ -333,12 +347,16 @@ def refine(rgb: Image.Image, mask: Image.Image, params: RefineParams = RefinePar
     del guide, p
     coef += trust * (linear - coef)
     del linear, trust
-    sample = _Sampler(coef, (width, height))
+    sample = _Sampler(np.concatenate([coef, plain[None]]), (width, height))
     out = np.array(mask)
     for top, ys, xs in _strips(_upsampled_flags(band_small, (width, height))):
         up = sample(ys, xs)
         alpha = up[:, 3] + np.einsum("ij,ij->i", up[:, :3], _pixels(rgb, top, ys, xs))
         np.clip(alpha, 0.0, 1.0, out=alpha)
+        before = out[ys, xs].astype(np.float32) * np.float32(1 / 255)
+        alpha -= before
+        alpha *= up[:, 4]
+        alpha += before
         out[ys, xs] = (alpha * 255 + 0.5).astype(np.uint8)
     return Image.fromarray(out, "L")
 
@@ -383,17 +401,31 @@ def decontaminate(rgb: Image.Image, alpha: Image.Image, params: ForegroundParams
     small, small_a = _smaller(image, wide_size), _smaller(a, wide_size)
     wide = max(1, round(params.wide * max(wide_size) / WORK_SIDE))
     # the wide level's means are so smooth that nearest-neighbour upsampling loses nothing
-    mean_f, mean_b = (_resized(mean, narrow_size, Image.Resampling.NEAREST)
-                      for mean in _fusion_means(small, small, small_a, wide))
+    wide_means = _fusion_means(small, small, small_a, wide)
+    mean_f, mean_b = (_resized(mean, narrow_size, Image.Resampling.NEAREST) for mean in wide_means)
     f1 = _fused(image, a, mean_f, mean_b)
     narrow = max(1, round(params.narrow * max(narrow_size) / WORK_SIDE))
-    sample = _Sampler(np.concatenate(_fusion_means(f1, mean_b, a, narrow)), (width, height))
+    planes = [*_fusion_means(f1, mean_b, a, narrow)]
+    if params.busy:
+        far = _sure(small_a <= np.float32(0.02), params.far)  # background away from the edge's mixed pixels
+        sums = box_mean(np.concatenate([small * far, far[None], ((small * small).sum(axis=0) * far)[None]]), wide)
+        weight = sums[3] + np.float32(1e-5)
+        mean = sums[:3] / weight
+        variance = np.maximum(sums[4] / weight - (mean * mean).sum(axis=0), 0)
+        plain = np.float32(params.busy) / (np.float32(params.busy) + variance)
+        planes.append(_resized(plain[None], narrow_size, Image.Resampling.NEAREST))
+    sample = _Sampler(np.concatenate(planes), (width, height))
     del image, a, small, small_a, mean_f, mean_b, f1
     out = rgb.copy()
     for top, ys, xs in _strips(soft):
         means = sample(ys, xs)
         a_full = alphas[ys, xs].astype(np.float32)[:, None] * np.float32(1 / 255)
-        f = _fused(_pixels(rgb, top, ys, xs), a_full, means[:, 0:3], means[:, 3:6])
+        colours = _pixels(rgb, top, ys, xs)
+        f = _fused(colours, a_full, means[:, 0:3], means[:, 3:6])
+        if params.busy:
+            f -= colours
+            f *= means[:, 6:7]
+            f += colours
         strip = np.array(out.crop((0, top, width, min(height, top + STRIP))))
         strip[ys - top, xs] = (f * 255 + 0.5).astype(np.uint8)
         out.paste(Image.fromarray(strip, "RGB"), (0, top))

@@ -7,7 +7,7 @@ from PIL import Image
 from app import matting
 
 
-def _scene(size: int = 96) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _scene(size: int = 256) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """A red disc with a soft 6 px rim over green: (I, F, alpha 0..1, B, the model-like hard mask)."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     radius = np.hypot(yy - size / 2, xx - size / 2)
