@@ -6,7 +6,7 @@ Two functions the pipeline calls once per request, on Pillow images at the outpu
   Inside an uncertain band around its edge the alpha is re-estimated from the full-resolution photo:
   unmixed between the local colours of the sure foreground and background where they differ, a colour
   guided filter of the mask (He, Sun and Tang, "Guided Image Filtering", 2013) where they do not. Both
-  are computed at half the model's resolution and evaluated at full size as the fast guided filter does
+  are computed on the image reduced to GUIDE_SIDE and evaluated at full size as the fast guided filter does
   (He and Sun, 2015), so the same step upsamples large outputs with edges that follow the photo. Outside
   the band the mask is returned unchanged.
 - decontaminate: the RGB of a semi-transparent pixel mixes the old background in. Forte and Pitie's
@@ -26,15 +26,13 @@ from PIL import Image
 
 # Radii are given in pixels of an image this size on its long side (the model's input).
 WORK_SIDE = 1024
-# The guided filter's statistics are computed at this long side (the fast guided filter's subsampling:
-# s = 2 from the model's 1024 px) and its coefficients upsampled to the output.
-GUIDE_SIDE = 512
-# Blur-fusion's wide level runs on the image reduced to this long side: a 90 px window is smooth enough
-# to be computed there and upsampled; the narrow level's local means at NARROW_SIDE.
-WIDE_SIDE = 256
-NARROW_SIDE = 512
-# The guided filter (the fallback where foreground and background colours are alike) at this long side.
-FILTER_SIDE = 256
+# The refinement's statistics are computed at this long side (the fast guided filter's subsampling:
+# s = 2.7 from the model's 1024 px) and its coefficients evaluated at the output's size; 512 was no
+# better on bench/edges.py's composites and took 40 % longer.
+GUIDE_SIDE = 384
+# Blur-fusion's narrow level's local means at this long side; its wide level (a 90 px window is smooth
+# enough) at half of it. Wide windows, and the guided filter, also run at half the guide's resolution.
+NARROW_SIDE = 384
 
 
 @dataclass(frozen=True)
@@ -63,7 +61,7 @@ class ForegroundParams:
 
     wide: int = 90
     narrow: int = 6
-    far: int = 2  # background pixels this far (at WIDE_SIDE) from any foreground measure the variance
+    far: int = 2  # background pixels this far (at half NARROW_SIDE) from any foreground measure the variance
     busy: float = 0.02  # the estimate counts busy/(busy + the wide window's background colour variance): a busy
     # background's local mean says little about the colour behind one pixel (0: always fully)
 
@@ -144,13 +142,23 @@ def _resized(planes: np.ndarray, size: tuple[int, int], method: Image.Resampling
                      for plane in planes])
 
 
-def _smaller(planes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(H, W) or (C, H, W) float32 planes box-reduced to size (w, h)."""
-    if planes.shape[-2:] == size[::-1]:
-        return planes
-    if planes.ndim == 3:
-        return _resized(planes, size, Image.Resampling.BOX)
-    return _resized(planes[None], size, Image.Resampling.BOX)[0]
+def _halved(planes: np.ndarray) -> np.ndarray:
+    """(..., H, W) float32 planes averaged over 2x2 blocks (an odd last row or column is dropped; 1 stays 1)."""
+    height, width = planes.shape[-2:]
+    if height > 1:
+        even = planes[..., : height // 2 * 2, :]
+        planes = (even[..., 0::2, :] + even[..., 1::2, :]) * np.float32(0.5)
+    if width > 1:
+        even = planes[..., : width // 2 * 2]
+        planes = (even[..., 0::2] + even[..., 1::2]) * np.float32(0.5)
+    return planes
+
+
+def _doubled(planes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """The inverse of _halved for smooth planes: each value repeated over its 2x2 block, to (H, W) = shape."""
+    rows = np.minimum(np.arange(shape[0]) // 2, planes.shape[-2] - 1)
+    cols = np.minimum(np.arange(shape[1]) // 2, planes.shape[-1] - 1)
+    return np.take(np.take(planes, rows, axis=-2), cols, axis=-1)
 
 
 class _Sampler:
@@ -275,11 +283,9 @@ def _colour_mean(guide: np.ndarray, sure: np.ndarray, far: np.ndarray, near: int
     away from the edge, whose own mixed pixels would count as variance) in the wide window, and whether
     any sure pixels were found (H, W). Wide windows are smooth, so they are taken at half the resolution
     and upsampled."""
-    size = guide.shape[:0:-1]
-    half = (max(1, size[0] // 2), max(1, size[1] // 2))
     squares = (guide * guide).sum(axis=0)
     weighted = np.concatenate([guide * sure, sure[None], guide * far, far[None], (squares * far)[None]])
-    sums_wide = _resized(box_mean(_smaller(weighted, half), max(1, wide // 2)), size, Image.Resampling.NEAREST)
+    sums_wide = _doubled(box_mean(_halved(weighted), max(1, wide // 2)), sure.shape)
     sums_near = box_mean(weighted[:4], near)
     has_near = sums_near[3] > np.float32(0.05)
     mean = np.where(has_near, sums_near[:3] / (sums_near[3] + np.float32(1e-6)),
@@ -337,13 +343,9 @@ def refine(rgb: Image.Image, mask: Image.Image, params: RefineParams = RefinePar
         return mask.copy()
     guide = _reduced(rgb, work)
     linear, trust, plain = _unmixing(guide, p, params)
-    filter_size = _work_size((width, height), FILTER_SIDE)
-    if filter_size == work:
-        coef = guided_coefficients(guide, p, params.radius, params.eps)
-    else:
-        radius = max(1, round(params.radius * max(filter_size) / max(work)))
-        coef = _resized(guided_coefficients(_smaller(guide, filter_size), _smaller(p, filter_size), radius,
-                                            params.eps), work)
+    # the guided filter at half the guide's resolution (s = 4 from the model's input, as He and Sun suggest)
+    coef = _resized(guided_coefficients(_halved(guide), _halved(p), max(1, round(params.radius / 2)), params.eps),
+                    work)
     del guide, p
     coef += trust * (linear - coef)
     del linear, trust
@@ -384,7 +386,7 @@ def decontaminate(rgb: Image.Image, alpha: Image.Image, params: ForegroundParams
                   ) -> Image.Image:
     """The photo (RGB) with estimated foreground colours wherever 0 < alpha (L) < 255; other pixels unchanged.
 
-    Level 1 (the wide blur) runs on the image reduced to WIDE_SIDE, where a 90 px window (at 1024 px)
+    Level 1 (the wide blur) runs on the image reduced to half NARROW_SIDE, where a 90 px window (at 1024 px)
     is a 23 px one; level 2 (the narrow blur) on the image reduced to NARROW_SIDE, starting from level 1's
     estimate; its local means are then sampled at the soft pixels of the full-size image, where the last
     update uses the full-size colour and alpha.
@@ -396,13 +398,12 @@ def decontaminate(rgb: Image.Image, alpha: Image.Image, params: ForegroundParams
     if not soft.any():
         return rgb.copy()
     narrow_size = _work_size((width, height), NARROW_SIDE)
-    wide_size = _work_size((width, height), WIDE_SIDE)
     image, a = _reduced(rgb, narrow_size), _reduced(alpha, narrow_size)
-    small, small_a = _smaller(image, wide_size), _smaller(a, wide_size)
-    wide = max(1, round(params.wide * max(wide_size) / WORK_SIDE))
+    small, small_a = _halved(image), _halved(a)
+    wide = max(1, round(params.wide * max(small_a.shape) / WORK_SIDE))
     # the wide level's means are so smooth that nearest-neighbour upsampling loses nothing
     wide_means = _fusion_means(small, small, small_a, wide)
-    mean_f, mean_b = (_resized(mean, narrow_size, Image.Resampling.NEAREST) for mean in wide_means)
+    mean_f, mean_b = (_doubled(mean, a.shape) for mean in wide_means)
     f1 = _fused(image, a, mean_f, mean_b)
     narrow = max(1, round(params.narrow * max(narrow_size) / WORK_SIDE))
     planes = [*_fusion_means(f1, mean_b, a, narrow)]
@@ -413,7 +414,7 @@ def decontaminate(rgb: Image.Image, alpha: Image.Image, params: ForegroundParams
         mean = sums[:3] / weight
         variance = np.maximum(sums[4] / weight - (mean * mean).sum(axis=0), 0)
         plain = np.float32(params.busy) / (np.float32(params.busy) + variance)
-        planes.append(_resized(plain[None], narrow_size, Image.Resampling.NEAREST))
+        planes.append(_doubled(plain, a.shape)[None])
     sample = _Sampler(np.concatenate(planes), (width, height))
     del image, a, small, small_a, mean_f, mean_b, f1
     out = rgb.copy()
