@@ -19,6 +19,7 @@ extra memory is a few reduced planes plus one strip, not the image.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -201,22 +202,27 @@ class _Sampler:
         return bottom
 
 
-STRIP = 256  # full-size rows handled at once: bounds the per-request buffers at large outputs
+STRIP_PIXELS = 1 << 18  # full-size pixels handled at once: bounds the per-request buffers at large outputs
 
 
-def _strips(where: np.ndarray) -> list[tuple[int, np.ndarray, np.ndarray]]:
-    """(first row, rows, columns) of the True pixels of where, in strips of STRIP rows."""
-    found = []
-    for top in range(0, where.shape[0], STRIP):
-        ys, xs = np.nonzero(where[top:top + STRIP])
+def _strip_rows(width: int) -> int:
+    return max(8, STRIP_PIXELS // max(1, width))
+
+
+def _strips(shape: tuple[int, int], flags: Callable[[int, int], np.ndarray]
+            ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """(first row, rows, columns) of the pixels flags(top, bottom) marks in rows [top, bottom), a strip of
+    rows at a time: one strip's flags and indices alive at once (at 12 MP the whole image's are tens of MB)."""
+    rows = _strip_rows(shape[1])
+    for top in range(0, shape[0], rows):
+        ys, xs = np.nonzero(flags(top, min(shape[0], top + rows)))
         if ys.size:
-            found.append((top, ys + top, xs))
-    return found
+            yield top, (ys + top).astype(np.int32), xs.astype(np.int32)
 
 
 def _pixels(image: Image.Image, top: int, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
     """(N, 3) float32 colours in [0, 1] of image at (ys, xs), all within the strip starting at row top."""
-    strip = np.asarray(image.crop((0, top, image.size[0], min(image.size[1], top + STRIP))))
+    strip = np.asarray(image.crop((0, top, image.size[0], min(image.size[1], top + _strip_rows(image.size[0])))))
     return strip[ys - top, xs].astype(np.float32) * np.float32(1 / 255)
 
 
@@ -351,7 +357,8 @@ def refine(rgb: Image.Image, mask: Image.Image, params: RefineParams = RefinePar
     del linear, trust
     sample = _Sampler(np.concatenate([coef, plain[None]]), (width, height))
     out = np.array(mask)
-    for top, ys, xs in _strips(_upsampled_flags(band_small, (width, height))):
+    band = _upsampled_flags(band_small, (width, height))
+    for top, ys, xs in _strips(band.shape, lambda top, bottom: band[top:bottom]):
         up = sample(ys, xs)
         alpha = up[:, 3] + np.einsum("ij,ij->i", up[:, :3], _pixels(rgb, top, ys, xs))
         np.clip(alpha, 0.0, 1.0, out=alpha)
@@ -393,10 +400,12 @@ def decontaminate(rgb: Image.Image, alpha: Image.Image, params: ForegroundParams
     """
     width, height = alpha.size
     alphas = np.asarray(alpha)
-    # 1 and 254 are left as they are: there blur-fusion moves a colour by at most one level of 255.
-    soft = (alphas > 1) & (alphas < 254)
-    if not soft.any():
-        return rgb.copy()
+
+    def soft(top: int, bottom: int) -> np.ndarray:
+        # 1 and 254 are left as they are: there blur-fusion moves a colour by at most one level of 255.
+        rows = alphas[top:bottom]
+        return (rows > 1) & (rows < 254)
+
     narrow_size = _work_size((width, height), NARROW_SIDE)
     image, a = _reduced(rgb, narrow_size), _reduced(alpha, narrow_size)
     small, small_a = _halved(image), _halved(a)
@@ -418,7 +427,7 @@ def decontaminate(rgb: Image.Image, alpha: Image.Image, params: ForegroundParams
     sample = _Sampler(np.concatenate(planes), (width, height))
     del image, a, small, small_a, mean_f, mean_b, f1
     out = rgb.copy()
-    for top, ys, xs in _strips(soft):
+    for top, ys, xs in _strips(alphas.shape, soft):
         means = sample(ys, xs)
         a_full = alphas[ys, xs].astype(np.float32)[:, None] * np.float32(1 / 255)
         colours = _pixels(rgb, top, ys, xs)
@@ -427,7 +436,7 @@ def decontaminate(rgb: Image.Image, alpha: Image.Image, params: ForegroundParams
             f -= colours
             f *= means[:, 6:7]
             f += colours
-        strip = np.array(out.crop((0, top, width, min(height, top + STRIP))))
+        strip = np.array(out.crop((0, top, width, min(height, top + _strip_rows(width)))))
         strip[ys - top, xs] = (f * 255 + 0.5).astype(np.uint8)
         out.paste(Image.fromarray(strip, "RGB"), (0, top))
     return out
