@@ -245,6 +245,8 @@ def peer_run(args: argparse.Namespace, kind: str, cases: list[Case], alpha_from:
         run = subprocess.run([str(python), str(common.BENCH / "edges_peers.py"), kind, str(source), str(dest)],
                              capture_output=True, text=True, check=True)
         for line in run.stdout.splitlines():
+            if not line.startswith("{"):  # rembg and numba print their own lines
+                continue
             record = json.loads(line)
             if "name" in record:
                 stamps[record["name"]]["seconds"] = record["seconds"]
@@ -344,6 +346,12 @@ def table(results: dict, peers: dict, memory: list[dict]) -> str:
         lines.append(f"| {name} ({len(rows)} composites) | {_mean(rows, 'alpha_err'):.3f} "
                      f"({_mean(rows, 'bias'):+.3f}) | {_mean(rows, 'colour_err'):.2f} | "
                      f"{_mean(rows, 'recomposite_err'):.2f} | {extra} | - | - |")
+        if len(rows) < len(results[DEFAULTS]):  # the defaults on the same composites, to compare with
+            same = {row["case"] for row in rows}
+            ours = [row for row in results[DEFAULTS] if row["case"] in same]
+            lines.append(f"| the defaults on the same {len(ours)} composites | {_mean(ours, 'alpha_err'):.3f} "
+                         f"({_mean(ours, 'bias'):+.3f}) | {_mean(ours, 'colour_err'):.2f} | "
+                         f"{_mean(ours, 'recomposite_err'):.2f} | | | |")
     return "\n".join(lines)
 
 
