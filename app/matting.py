@@ -51,14 +51,14 @@ class RefineParams:
     low: float = 0.02
     high: float = 0.98
     tau: float = 0.1  # |F - B|^2 at which unmixing and the guided filter count alike...
+    noise: float = 16.0  # ...plus this times the colour variance of the sure pixels around (a busy background)
     busy: float = 0.002  # the refinement counts busy/(busy + colour variance of the sure background around):
     # on a busy background the model's own edge is usually the better one (0: always fully)
-    noise: float = 16.0  # ...plus this times the colour variance of the sure pixels around (a busy background)
 
 
 @dataclass(frozen=True)
 class ForegroundParams:
-    """Blur-fusion radii: the wide one in pixels of a 1024 px image, the narrow one at full size."""
+    """Blur-fusion settings; radii in pixels of a 1024 px image (scaled to the reduced images they run on)."""
 
     wide: int = 90
     narrow: int = 6
@@ -308,10 +308,12 @@ def _upsampled_flags(flags: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(flags).resize(size, Image.Resampling.NEAREST))
 
 
-def _unmixing(guide: np.ndarray, p: np.ndarray, params: RefineParams) -> np.ndarray:
+def _unmixing(guide: np.ndarray, p: np.ndarray, params: RefineParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Knockout's colour-line alpha as a linear function of the colour, alpha = u.I + c (4, H, W) = (u, c),
-    with u = (F - B) / |F - B|^2 and c = -u.B for the local sure-foreground and -background means, and how
-    far it is trusted (H, W): by how much F and B differ, 0 where either has no sure pixels near."""
+    with u = (F - B) / |F - B|^2 and c = -u.B for the local sure-foreground and -background means; how
+    far it is trusted against the guided filter (H, W): by how much F and B differ for their spread, 0
+    where either has no sure pixels near; and how plain the background around is (H, W), which weighs
+    the whole refinement against the model's own mask."""
     sure_fore, sure_back = p >= params.high, p <= params.low
     fore, var_fore, has_fore = _colour_mean(guide, _sure(sure_fore, params.erode), _sure(sure_fore, params.far),
                                             params.near, params.wide)
@@ -338,8 +340,9 @@ def refine(rgb: Image.Image, mask: Image.Image, params: RefineParams = RefinePar
     mask. Both are linear in the colour, so their blend is one set of coefficients (A, b), computed on
     reduced images and evaluated as alpha = A.I + b with the full-size photo at the band's pixels only
     (the fast guided filter's upsampling), which is also how an output larger than the model's input
-    gets edges that follow the photo rather than a resized mask. Outside the band (within params.band
-    guide pixels of the 0.5 edge, or soft in the mask) the result is the mask itself.
+    gets edges that follow the photo rather than a resized mask. The change from the mask is weighed by
+    how plain the background around is (params.busy). Outside the band (within params.band guide pixels
+    of the 0.5 edge, or soft in the mask) the result is the mask itself.
     """
     width, height = mask.size
     work = _work_size((width, height), GUIDE_SIDE)
@@ -349,7 +352,7 @@ def refine(rgb: Image.Image, mask: Image.Image, params: RefineParams = RefinePar
         return mask.copy()
     guide = _reduced(rgb, work)
     linear, trust, plain = _unmixing(guide, p, params)
-    # the guided filter at half the guide's resolution (s = 4 from the model's input, as He and Sun suggest)
+    # the guided filter at half the guide's resolution: its coefficients are smooth (the fast guided filter)
     coef = _resized(guided_coefficients(_halved(guide), _halved(p), max(1, round(params.radius / 2)), params.eps),
                     work)
     del guide, p
