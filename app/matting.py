@@ -402,7 +402,8 @@ def decontaminate(rgb: Image.Image, alpha: Image.Image, params: ForegroundParams
     Level 1 (the wide blur) runs on the image reduced to half NARROW_SIDE, where a 90 px window (at 1024 px)
     is a 23 px one; level 2 (the narrow blur) on the image reduced to NARROW_SIDE, starting from level 1's
     estimate; its local means are then sampled at the soft pixels of the full-size image, where the last
-    update uses the full-size colour and alpha.
+    update uses the full-size colour and alpha. The change from the photo's colour is weighed by how
+    plain the background around is (params.busy).
     """
     width, height = alpha.size
     alphas = np.asarray(alpha)
