@@ -10,26 +10,29 @@ says, averaged over the composites:
 - visible colour error: mean alpha_out * |F_out - F| over the band's pixels and channels, x255 (colour the
   viewer sees that is not the subject's);
 - recomposite error: mean |cutout over B2 - (a*F + (1-a)*B2)| for B2 black and white, x255;
-- extra time: median over the composites of (request time - the same composite's request with both off)
-  per megapixel, requests alternating between the variants in one run;
+- extra time: at the deployed MAX_DIMENSION=1024 (about 1 MP), the median over composites and rounds of
+  (request time - the same composite's request with both off in the same round) per megapixel, and the
+  ratio of median request times; the four variants alternate, in an order rotating per request;
 - peaks: whole-server VmHWM (master + worker) of a fresh server per variant at the deployed settings
-  (MAX_DIMENSION=1024, so ~1 MP outputs) and at MAX_DIMENSION=4096 with a 12 MP photo, sequentially and
-  then with 8 clients.
+  (~1 MP outputs) and at MAX_DIMENSION=4096 with a 12 MP photo, sequentially and then with 8 clients.
 
 Beside them, the colour reference, pymatting's estimate_foreground_ml on the service's own alpha (refine
 off, and refine on), and rembg 2.0.86's `-a` on the service's mask, each run in its own virtualenv by
 bench/edges_peers.py (never in the project's requirements). Fidelity where IS-Net is sure: IoU of
 alpha > 0.5 against fp32 IS-Net's masks (../shared/fixtures/masks/*.isnet.png) with refine off and on.
 
-How: the server is `gunicorn -c gunicorn.conf.py app_isnet_tiny:app` with the runtime ENV lines of
-Dockerfile.isnet-tiny (bench/compare_rembg.py reads them), BG_MODEL=isnet-general-tiny from --model-dir,
-and MAX_DIMENSION=2048 for the quality run so that every composite (at most 1920 px) is served at full
-size. Run it alone, under the benchmark lock:
+How: every server is `gunicorn -c gunicorn.conf.py app_isnet_tiny:app` with the runtime ENV lines of
+Dockerfile.isnet-tiny (bench/compare_rembg.py reads them) and BG_MODEL=isnet-general-tiny from
+--model-dir; the quality phase sets MAX_DIMENSION=2048 so that every composite (at most 1920 px) is
+served at full size. Scores are deterministic, so the quality and peers phases may run outside the
+benchmark lock (rembg -a takes minutes); timing and memory run under it, scoring the cutouts the quality
+phase left in --work:
 
-    flock /tmp/bench.lock python bench/edges.py --model-dir /tmp/m17 --port 8210
+    python bench/edges.py --phases quality,peers --model-dir /tmp/m17
+    flock /tmp/bench.lock python bench/edges.py --phases peers,timing,memory --model-dir /tmp/m17
 
-Peer results are cached in --work (by a hash of their input), so a rerun only redoes what changed;
-`--rembg-limit N` runs rembg -a on the first N composites only (it takes seconds to minutes each).
+Peer results are cached in --work by a hash of their input, so a rerun only redoes what changed;
+`--rembg-limit N` runs rembg -a on the first N composites only.
 """
 from __future__ import annotations
 
@@ -168,40 +171,61 @@ def whole_peak_mb(server: common.Server) -> float:
     return round((memory["worker_hwm_mb"] or 0) + (memory["master_hwm_mb"] or 0), 1)
 
 
-def quality_run(args: argparse.Namespace, cases: list[Case]) -> tuple[dict, dict]:
-    """Every composite through every variant (order rotating per composite), cutouts saved under work/out."""
+def quality_run(args: argparse.Namespace, cases: list[Case]) -> dict[str, list[dict]]:
+    """Every composite through every variant at full size, cutouts saved under work/out and scored."""
     results: dict[str, list[dict]] = {name: [] for name in VARIANTS}
-    fidelity: dict[str, list[float]] = {"refine off": [], "refine on": []}
     with deployed_server("quality", args.model_dir, args.port, MAX_DIMENSION="2048") as server:
-        warm = cases[0].composite.read_bytes()
-        for refine, decontaminate in VARIANTS.values():
-            cut(server, warm, refine, decontaminate)
-        names = list(VARIANTS)
         for index, case in enumerate(cases):
             data = case.composite.read_bytes()
-            for name in names[index % len(names):] + names[:index % len(names)]:
-                refine, decontaminate = VARIANTS[name]
-                image, seconds = cut(server, data, refine, decontaminate)
+            for name, (refine, decontaminate) in VARIANTS.items():
+                image, _ = cut(server, data, refine, decontaminate)
                 folder = args.work / "out" / _slug(name)
                 folder.mkdir(parents=True, exist_ok=True)
                 image.save(folder / f"{case.name}.png", compress_level=1)
-                results[name].append({"case": case.name, "seconds": seconds, "mp": case.megapixels,
-                                      **scores(image, case)})
-            print(f"{case.name}: " + ", ".join(f"{_slug(n)} {results[n][-1]['recomposite_err']:.2f}"
-                                               for n in names), file=sys.stderr, flush=True)
+                results[name].append({"case": case.name, "mp": case.megapixels, **scores(image, case)})
+            print(f"{case.name}: " + ", ".join(f"{_slug(n)} {rows[-1]['recomposite_err']:.2f}"
+                                               for n, rows in results.items()), file=sys.stderr, flush=True)
+    return results
+
+
+def timing_run(args: argparse.Namespace, cases: list[Case]) -> tuple[dict[str, dict], dict[str, list[float]]]:
+    """At the deployed MAX_DIMENSION (1024: about 1 MP), every variant in turn on each composite, the order
+    rotating, `--rounds` times; then fidelity. Per variant: median request seconds, the median extra
+    seconds per megapixel against both off on the same composite and round, and the ratio of medians."""
+    seconds: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    extra: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    fidelity: dict[str, list[float]] = {"refine off": [], "refine on": []}
+    photos = [case.composite.read_bytes() for case in cases[:args.timing_composites]]
+    names = list(VARIANTS)
+    with deployed_server("timing", args.model_dir, args.port + 2) as server:
+        for name in names:
+            cut(server, photos[0], *VARIANTS[name])
+        for round_ in range(args.rounds):
+            for index, data in enumerate(photos):
+                shift = (index + round_) % len(names)
+                taken = {}
+                for name in names[shift:] + names[:shift]:
+                    image, taken[name] = cut(server, data, *VARIANTS[name])
+                megapixels = image.size[0] * image.size[1] / 1e6
+                for name in names:
+                    seconds[name].append(taken[name])
+                    extra[name].append((taken[name] - taken[OFF]) / megapixels)
         for photo in common.fixture_images():
             reference = common.reference_mask(photo, "isnet-general-tiny")
-            if reference is None:
-                continue
-            for label, refine in (("refine off", False), ("refine on", True)):
-                image, _ = cut(server, photo.read_bytes(), refine, False)
-                fidelity[label].append(common.score(image.getchannel("A"), reference)[0])
-    return results, fidelity
+            if reference is not None:
+                for label, refine in (("refine off", False), ("refine on", True)):
+                    image, _ = cut(server, photo.read_bytes(), refine, False)
+                    fidelity[label].append(common.score(image.getchannel("A"), reference)[0])
+    median_off = statistics.median(seconds[OFF])
+    timing = {name: {"median_s": statistics.median(seconds[name]), "extra_s_per_mp": statistics.median(extra[name]),
+                     "ratio": statistics.median(seconds[name]) / median_off, "requests": len(seconds[name])}
+              for name in names}
+    return timing, fidelity
 
 
 def saved_results(args: argparse.Namespace, cases: list[Case]) -> dict[str, list[dict]]:
     """The scores of the cutouts an earlier quality run saved (no times)."""
-    return {name: [{"case": case.name, "seconds": None, "mp": case.megapixels,
+    return {name: [{"case": case.name, "mp": case.megapixels,
                     **scores(Image.open(args.work / "out" / _slug(name) / f"{case.name}.png"), case)}
                    for case in cases] for name in VARIANTS}
 
@@ -319,19 +343,15 @@ def _mean(rows: list[dict], key: str) -> float:
     return float(np.mean([row[key] for row in rows]))
 
 
-def _extra(rows: list[dict], base: list[dict]) -> float:
-    by_case = {row["case"]: row for row in base}
-    return statistics.median((row["seconds"] - by_case[row["case"]]["seconds"]) / row["mp"] for row in rows)
-
-
-def table(results: dict, peers: dict, memory: list[dict]) -> str:
+def table(results: dict, peers: dict, memory: list[dict], timing: dict) -> str:
     peaks = {(row["variant"], row["setting"].split()[0]): row for row in memory}
     lines = ["| | alpha error in band (bias) | visible colour error | recomposite error | extra time | "
              "peak MB, 1 MP: sequential / 8 clients | peak MB, 12 MP: sequential / 8 clients |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for name, rows in results.items():
-        timed = name != OFF and rows[0]["seconds"] is not None
-        extra = f"{_extra(rows, results[OFF]):+.3f} s/MP" if timed else "-"
+        extra = "-"
+        if name in timing and name != OFF:
+            extra = f"{timing[name]['extra_s_per_mp']:+.3f} s/MP ({(timing[name]['ratio'] - 1) * 100:+.0f} %)"
         mem = [f"{peaks[(name, s)]['sequential_mb']:.0f} / {peaks[(name, s)]['clients8_mb']:.0f}"
                if (name, s) in peaks else "-" for s in ("1", "12")]
         lines.append(f"| {name} | {_mean(rows, 'alpha_err'):.3f} ({_mean(rows, 'bias'):+.3f}) | "
@@ -355,45 +375,53 @@ def table(results: dict, peers: dict, memory: list[dict]) -> str:
     return "\n".join(lines)
 
 
+PHASES = ("quality", "peers", "timing", "memory")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-dir", type=Path, default=Path("/tmp/m17"),
                         help="a folder holding isnet-general-tiny.onnx and its .sha256")
-    parser.add_argument("--port", type=int, default=8210, help="the quality server's port; memory servers use +1")
+    parser.add_argument("--port", type=int, default=8210,
+                        help="the quality server's port; memory servers use +1, the timing server +2")
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench-edges"), help="composites, cutouts, peer cache")
     parser.add_argument("--limit", type=int, help="only the first N portraits (3 composites each)")
+    parser.add_argument("--phases", default=",".join(PHASES),
+                        help="which of quality, peers, timing, memory to run (default all); without quality, "
+                             "the cutouts an earlier run left in --work are scored")
+    parser.add_argument("--rounds", type=int, default=3, help="timing: passes over the composites")
+    parser.add_argument("--timing-composites", type=int, default=6, help="timing: the first N composites")
     parser.add_argument("--pymatting-venv", default=PEERS["pymatting"], help="a virtualenv with pymatting")
     parser.add_argument("--rembg-venv", default=PEERS["rembg-a"], help="a virtualenv with rembg[cpu]==2.0.86")
     parser.add_argument("--rembg-limit", type=int, help="rembg -a on the first N composites only")
-    parser.add_argument("--no-peers", action="store_true", help="skip pymatting and rembg -a")
-    parser.add_argument("--no-memory", action="store_true", help="skip the memory servers")
-    parser.add_argument("--peers-only", action="store_true",
-                        help="no server: score the cutouts an earlier run left in --work and run the peers on "
-                             "them (outside the benchmark lock: rembg -a takes long, and its time is only indicative)")
     parser.add_argument("--json", type=Path, help="write every figure here")
     parser.add_argument("--shared", type=Path, default=common.SHARED,
                         help="the shared folder with fixtures/ (default: ../shared beside the repository)")
     args = parser.parse_args()
+    phases = {phase.strip() for phase in args.phases.split(",") if phase.strip()}
+    if phases - set(PHASES):
+        raise SystemExit(f"unknown phases {sorted(phases - set(PHASES))}; use {', '.join(PHASES)}")
     common.SHARED = args.shared
     if common.tiny_model(args.model_dir) is None:
         raise SystemExit(f"{args.model_dir} holds no isnet-general-tiny.onnx (+ .sha256); build one (docs/models.md)")
     started_load = common.loadavg()
     cases = composites(args.work, args.limit)
-    if args.peers_only:
-        results, fidelity = saved_results(args, cases), {}
-    else:
-        results, fidelity = quality_run(args, cases)
+    results = quality_run(args, cases) if "quality" in phases else saved_results(args, cases)
     peers: dict[str, list[dict]] = {}
-    if not args.no_peers:
+    if "peers" in phases:
         peers["pymatting estimate_foreground_ml on the service's mask"] = peer_run(args, "pymatting", cases, OFF)
         peers["pymatting estimate_foreground_ml on the refined alpha"] = peer_run(args, "pymatting", cases,
                                                                                   "refine only")
         peers["rembg 2.0.86 -a on the service's mask"] = peer_run(args, "rembg-a", cases, OFF)
-    memory = [] if args.no_memory or args.peers_only else memory_run(args, cases)
+    timing, fidelity = timing_run(args, cases) if "timing" in phases else ({}, {})
+    memory = memory_run(args, cases) if "memory" in phases else []
     print(f"{common.command_line()}\n{json.dumps(common.machine())}\nload average at start {started_load}, "
           f"at end {common.loadavg()}; {len(cases)} composites, {sum(c.megapixels for c in cases) / len(cases):.2f} "
           "MP on average\n")
-    print(table(results, peers, memory))
+    print(table(results, peers, memory, timing))
+    if timing:
+        print(f"\nTiming: {timing[OFF]['requests']} requests per variant at the deployed MAX_DIMENSION (1024), "
+              "median seconds: " + ", ".join(f"{_slug(name)} {row['median_s']:.3f}" for name, row in timing.items()))
     print("\nComposites each variant makes worse than both off (recomposite error), and the worst:")
     base = {row["case"]: row for row in results[OFF]}
     for name, rows in list(results.items())[1:]:
@@ -401,15 +429,16 @@ def main() -> None:
                         reverse=True)
         worse = [f"{case} {delta:+.2f}" for delta, case in deltas if delta > 0]
         print(f"- {name}: {len(worse)} of {len(rows)}" + (f" ({', '.join(worse)})" if worse else ""))
-    print("\nFidelity, IoU of alpha > 0.5 against fp32 IS-Net on the fixtures: " + ", ".join(
-        f"{label} {np.mean(values):.4f} (min {np.min(values):.4f})" for label, values in fidelity.items() if values))
+    if fidelity:
+        print("\nFidelity, IoU of alpha > 0.5 against fp32 IS-Net on the fixtures: " + ", ".join(
+            f"{label} {np.mean(values):.4f} (min {np.min(values):.4f})" for label, values in fidelity.items()))
     for row in memory:
         if row["notes"]:
             print(f"memory {row['setting']} {row['variant']}: {'; '.join(row['notes'])}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"machine": common.machine(), "results": results, "peers": peers,
-                                         "memory": memory, "fidelity": fidelity}, indent=1))
+                                         "timing": timing, "memory": memory, "fidelity": fidelity}, indent=1))
 
 
 if __name__ == "__main__":
