@@ -209,21 +209,14 @@ def _strip_rows(width: int) -> int:
     return max(8, STRIP_PIXELS // max(1, width))
 
 
-def _strips(shape: tuple[int, int], flags: Callable[[int, int], np.ndarray]
-            ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """(first row, rows, columns) of the pixels flags(top, bottom) marks in rows [top, bottom), a strip of
-    rows at a time: one strip's flags and indices alive at once (at 12 MP the whole image's are tens of MB)."""
-    rows = _strip_rows(shape[1])
-    for top in range(0, shape[0], rows):
-        ys, xs = np.nonzero(flags(top, min(shape[0], top + rows)))
-        if ys.size:
-            yield top, (ys + top).astype(np.int32), xs.astype(np.int32)
-
-
-def _pixels(image: Image.Image, top: int, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
-    """(N, 3) float32 colours in [0, 1] of image at (ys, xs), all within the strip starting at row top."""
-    strip = np.asarray(image.crop((0, top, image.size[0], min(image.size[1], top + _strip_rows(image.size[0])))))
-    return strip[ys - top, xs].astype(np.float32) * np.float32(1 / 255)
+def _row_strips(size: tuple[int, int]) -> Iterator[tuple[int, int, int, int]]:
+    """(left, top, right, bottom) boxes of whole rows covering an image of size (w, h), STRIP_PIXELS each: the
+    full-size work holds one strip's flags, indices and samples at a time (at 12 MP the whole image's would be
+    tens of MB)."""
+    width, height = size
+    rows = _strip_rows(width)
+    for top in range(0, height, rows):
+        yield 0, top, width, min(height, top + rows)
 
 
 def _inverse_sym3(a: np.ndarray, b: np.ndarray, c: np.ndarray, d: np.ndarray, e: np.ndarray, f: np.ndarray
@@ -302,10 +295,16 @@ def _colour_mean(guide: np.ndarray, sure: np.ndarray, far: np.ndarray, near: int
     return mean, variance, has_near | (sums_wide[3] > np.float32(0.01))
 
 
-def _upsampled_flags(flags: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    if flags.shape[::-1] == size:
-        return flags
-    return np.asarray(Image.fromarray(flags).resize(size, Image.Resampling.NEAREST))
+def _nearest(flags: np.ndarray, size: tuple[int, int]) -> Callable[[int, int], np.ndarray]:
+    """flags (h, w) as if resized to size (w, h) by nearest neighbour, one band of rows [top, bottom) at a time."""
+    height, width = flags.shape
+    cols = np.minimum(((np.arange(size[0]) + 0.5) * (width / size[0])).astype(np.intp), width - 1)
+
+    def rows(top: int, bottom: int) -> np.ndarray:
+        index = np.minimum(((np.arange(top, bottom) + 0.5) * (height / size[1])).astype(np.intp), height - 1)
+        return flags[index][:, cols]
+
+    return rows
 
 
 def _unmixing(guide: np.ndarray, p: np.ndarray, params: RefineParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -332,7 +331,8 @@ def _unmixing(guide: np.ndarray, p: np.ndarray, params: RefineParams) -> tuple[n
 
 
 def refine(rgb: Image.Image, mask: Image.Image, params: RefineParams = RefineParams()) -> Image.Image:
-    """The mask (L) refined into an alpha matte (L) guided by the photo (RGB) of the same size.
+    """The mask (L) refined into an alpha matte (L) guided by the photo (RGB) of the same size, in place (and
+    returned): the mask is the pipeline's own, and a copy would add 12 MB at 12 MP to the request's peak.
 
     In the uncertain band the alpha is the photo's colour unmixed between the local means F and B of
     the sure foreground and background, alpha = (I - B).(F - B) / |F - B|^2 (the colour-line estimate
@@ -349,7 +349,7 @@ def refine(rgb: Image.Image, mask: Image.Image, params: RefineParams = RefinePar
     p = _reduced(mask, work)
     band_small = _band(p, params.band)
     if not band_small.any():
-        return mask.copy()
+        return mask
     guide = _reduced(rgb, work)
     linear, trust, plain = _unmixing(guide, p, params)
     # the guided filter at half the guide's resolution: its coefficients are smooth (the fast guided filter)
@@ -359,18 +359,23 @@ def refine(rgb: Image.Image, mask: Image.Image, params: RefineParams = RefinePar
     coef += trust * (linear - coef)
     del linear, trust
     sample = _Sampler(np.concatenate([coef, plain[None]]), (width, height))
-    out = np.array(mask)
-    band = _upsampled_flags(band_small, (width, height))
-    for top, ys, xs in _strips(band.shape, lambda top, bottom: band[top:bottom]):
-        up = sample(ys, xs)
-        alpha = up[:, 3] + np.einsum("ij,ij->i", up[:, :3], _pixels(rgb, top, ys, xs))
+    band = _nearest(band_small, (width, height))
+    for box in _row_strips(mask.size):
+        ys, xs = np.nonzero(band(box[1], box[3]))
+        if not ys.size:
+            continue
+        up = sample(ys + box[1], xs)
+        colours = np.asarray(rgb.crop(box))[ys, xs].astype(np.float32) * np.float32(1 / 255)
+        alpha = up[:, 3] + np.einsum("ij,ij->i", up[:, :3], colours)
         np.clip(alpha, 0.0, 1.0, out=alpha)
-        before = out[ys, xs].astype(np.float32) * np.float32(1 / 255)
+        strip = np.array(mask.crop(box))
+        before = strip[ys, xs].astype(np.float32) * np.float32(1 / 255)
         alpha -= before
         alpha *= up[:, 4]
         alpha += before
-        out[ys, xs] = (alpha * 255 + 0.5).astype(np.uint8)
-    return Image.fromarray(out, "L")
+        strip[ys, xs] = (alpha * 255 + 0.5).astype(np.uint8)
+        mask.paste(Image.fromarray(strip, "L"), box[:2])
+    return mask
 
 
 def _fusion_means(fg: np.ndarray, bg: np.ndarray, alpha: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
@@ -396,8 +401,8 @@ def decontaminate(rgb: Image.Image, alpha: Image.Image, params: ForegroundParams
                   ) -> Image.Image:
     """The photo (RGB) with estimated foreground colours wherever 1 < alpha (L) < 254; other pixels unchanged.
 
-    The photo is changed in place (and returned): the caller's photo is the output-size decode, which is
-    not needed afterwards, and a copy would add 48 MB at 12 MP to the request's peak.
+    The photo is changed in place (and returned): it is the pipeline's own output-size decode, and a copy
+    would add 48 MB at 12 MP to the request's peak.
 
     Level 1 (the wide blur) runs on the image reduced to half NARROW_SIDE, where a 90 px window (at 1024 px)
     is a 23 px one; level 2 (the narrow blur) on the image reduced to NARROW_SIDE, starting from level 1's
@@ -406,13 +411,6 @@ def decontaminate(rgb: Image.Image, alpha: Image.Image, params: ForegroundParams
     plain the background around is (params.busy).
     """
     width, height = alpha.size
-    alphas = np.asarray(alpha)
-
-    def soft(top: int, bottom: int) -> np.ndarray:
-        # 1 and 254 are left as they are: there blur-fusion moves a colour by at most one level of 255.
-        rows = alphas[top:bottom]
-        return (rows > 1) & (rows < 254)
-
     narrow_size = _work_size((width, height), NARROW_SIDE)
     image, a = _reduced(rgb, narrow_size), _reduced(alpha, narrow_size)
     small, small_a = _halved(image), _halved(a)
@@ -433,23 +431,28 @@ def decontaminate(rgb: Image.Image, alpha: Image.Image, params: ForegroundParams
         planes.append(_doubled(plain, a.shape)[None])
     sample = _Sampler(np.concatenate(planes), (width, height))
     del image, a, small, small_a, mean_f, mean_b, f1
-    for top, ys, xs in _strips(alphas.shape, soft):
-        means = sample(ys, xs)
+    for box in _row_strips(alpha.size):
+        alphas = np.asarray(alpha.crop(box))
+        # 1 and 254 are left as they are: there blur-fusion moves a colour by at most one level of 255.
+        ys, xs = np.nonzero((alphas > 1) & (alphas < 254))
+        if not ys.size:
+            continue
+        means = sample(ys + box[1], xs)
         a_full = alphas[ys, xs].astype(np.float32)[:, None] * np.float32(1 / 255)
-        strip = np.array(rgb.crop((0, top, width, min(height, top + _strip_rows(width)))))
-        colours = strip[ys - top, xs].astype(np.float32) * np.float32(1 / 255)
+        strip = np.array(rgb.crop(box))
+        colours = strip[ys, xs].astype(np.float32) * np.float32(1 / 255)
         f = _fused(colours, a_full, means[:, 0:3], means[:, 3:6])
         if params.busy:
             f -= colours
             f *= means[:, 6:7]
             f += colours
-        strip[ys - top, xs] = (f * 255 + 0.5).astype(np.uint8)
-        rgb.paste(Image.fromarray(strip, "RGB"), (0, top))
+        strip[ys, xs] = (f * 255 + 0.5).astype(np.uint8)
+        rgb.paste(Image.fromarray(strip, "RGB"), box[:2])
     return rgb
 
 
 def refine_alpha(rgb: np.ndarray, mask: np.ndarray, params: RefineParams = RefineParams()) -> np.ndarray:
-    """refine for arrays: (H, W, 3) uint8 photo, (H, W) uint8 mask -> (H, W) uint8 alpha."""
+    """refine for arrays: (H, W, 3) uint8 photo, (H, W) uint8 mask -> (H, W) uint8 alpha (a new array)."""
     return np.asarray(refine(Image.fromarray(rgb, "RGB"), Image.fromarray(mask, "L"), params))
 
 
