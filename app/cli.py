@@ -105,6 +105,8 @@ class Framing:
     position: str | None = None
     max_megapixels: str | None = None
     semitransparency: bool = True
+    refine: bool = True
+    decontaminate: bool = True
 
 
 def _batch_options(fmt: str | None, only_mask: bool, crop: bool, crop_margin: str | None, color: str | None,
@@ -127,7 +129,8 @@ def _batch_options(fmt: str | None, only_mask: bool, crop: bool, crop_margin: st
                             position=_flag("--position", pipeline.parse_position, framing.position),
                             max_megapixels=_flag("--max-megapixels", pipeline.parse_megapixels,
                                                  framing.max_megapixels),
-                            semitransparency=framing.semitransparency)
+                            semitransparency=framing.semitransparency, refine=framing.refine,
+                            decontaminate=framing.decontaminate)
 
 
 def register_batch(app: Flask) -> None:
@@ -148,6 +151,10 @@ def register_batch(app: Flask) -> None:
     @click.option("--max-megapixels", help="at most this many million pixels in each result")
     @click.option("--semitransparency/--no-semitransparency", default=True,
                   help="--no-semitransparency: every pixel fully opaque or fully transparent")
+    @click.option("--refine/--no-refine", default=True,
+                  help="--no-refine: the model's mask as it is, not refined along the edge against the photo")
+    @click.option("--decontaminate/--no-decontaminate", default=True,
+                  help="--no-decontaminate: the photo's own colours in semi-transparent pixels")
     @click.option("--color", "--bg-color", "color",
                   help="put the subject on this colour instead of transparency (#RRGGBB, #RRGGBBAA, R,G,B, name)")
     @click.option("--bg-image", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -156,13 +163,14 @@ def register_batch(app: Flask) -> None:
                   help="long side of the results in pixels (default: each input's own size, up to MAX_PIXELS)")
     def remove(inputs: tuple[Path, ...], out_dir: Path | None, fmt: str | None, only_mask: bool, crop: bool,
                crop_margin: str | None, roi: str | None, scale: str | None, position: str | None,
-               max_megapixels: str | None, semitransparency: bool, color: str | None, bg_image: Path | None,
-               max_dimension: int | None) -> None:
+               max_megapixels: str | None, semitransparency: bool, refine: bool, decontaminate: bool,
+               color: str | None, bg_image: Path | None, max_dimension: int | None) -> None:
         """Remove the background of image files or folders without the HTTP server, at full size by default."""
         config: Config = current_app.config["PIXPORT"]
         service = current_app.extensions["isnet_tiny"]
         options = _batch_options(fmt, only_mask, crop, crop_margin, color, bg_image,
-                                 Framing(roi, scale, position, max_megapixels, semitransparency))
+                                 Framing(roi, scale, position, max_megapixels, semitransparency, refine,
+                                         decontaminate))
         # config.max_dimension caps HTTP results; here the default is the input's own size. No image that
         # passed open_checked's MAX_PIXELS check has a long side above max_pixels, so that never shrinks.
         run_config = replace(config, max_dimension=max_dimension or config.max_pixels)

@@ -1,9 +1,10 @@
 """The one image pipeline behind the HTTP endpoints and the batch command.
 
 bytes -> imaging.open_checked (header, decode cost) -> imaging.decode (inside the slot, at most
-max_dimension on the long side and max_megapixels in all) -> service.mask -> region of interest
--> crop -> scale / position on the canvas -> hard edges -> cut out / fill -> imaging.encode (or a zip of the
-colour image and the mask).
+max_dimension on the long side and max_megapixels in all) -> service.mask -> matting.refine (the mask made
+an alpha matte guided by the output-size photo) -> region of interest -> matting.decontaminate (foreground
+colours in soft pixels) -> crop -> scale / position on the canvas -> hard edges -> cut out / fill ->
+imaging.encode (or a zip of the colour image and the mask).
 Option values arrive as strings (form fields, command-line flags) and are validated here, so both
 front ends give the same messages.
 """
@@ -18,7 +19,7 @@ from typing import BinaryIO, Protocol
 
 from PIL import Image
 
-from app import colors, imaging
+from app import colors, imaging, matting
 from app.config import Config
 from app.errors import BadRequest
 
@@ -57,6 +58,8 @@ class Options:
     semitransparency: bool = True
     scale: float | None = None
     position: tuple[float, float] | None = None
+    refine: bool = True
+    decontaminate: bool = True
 
 
 @dataclass(frozen=True)
@@ -235,11 +238,14 @@ def _subject(
     config: Config,
     background: imaging.Header | None = None,
 ) -> tuple[Image.Image, Image.Image, Image.Image | None]:
-    """Decode and mask: (RGB at output size, alpha including the upload's own transparency, backdrop).
+    """Decode, mask and edges: (RGB at output size, alpha including the upload's own transparency, backdrop).
 
     The header checks run first, without waiting for the model; decoding (of the photo and of a checked
     background image) waits for the inference slot, so that concurrent requests never hold more than one
-    decode between them, and each decode's full-size raster is gone before the model runs.
+    decode between them, and each decode's full-size raster is gone before the model runs. The edge stage
+    runs in the slot too, so its buffers never add to another request's inference. The mask is refined
+    before the upload's own transparency and the roi are applied (they are exact, not estimates); colours
+    are estimated against the final alpha, and not at all for the mask alone.
     """
     header = _checked(source, options.max_dimension or config.max_dimension, config)
     max_dimension = _output_side(header.size, options, config)
@@ -248,10 +254,15 @@ def _subject(
         model_rgb, decoded.model_rgb = decoded.model_rgb, None
         mask = service.mask(model_rgb, decoded.size)
         del model_rgb
+        if options.refine:
+            mask = matting.refine(decoded.rgb, mask)
+        alpha = imaging.combine_alpha(mask, decoded.alpha)
+        del mask
+        if options.roi is not None:
+            alpha = imaging.keep_region(alpha, _roi_box(options.roi, decoded.size, header.size))
+        if options.decontaminate and not options.only_mask:
+            decoded.rgb = matting.decontaminate(decoded.rgb, alpha)
         backdrop = imaging.decode(background, config.max_dimension).rgb if background is not None else None
-    alpha = imaging.combine_alpha(mask, decoded.alpha)
-    if options.roi is not None:
-        alpha = imaging.keep_region(alpha, _roi_box(options.roi, decoded.size, header.size))
     return decoded.rgb, alpha, backdrop
 
 

@@ -441,6 +441,62 @@ def test_desktop_result_slider_background_zoom_and_errors(base_url: str, browser
     assert script_errors(browser) == []
 
 
+# The result's colours and alpha where it is semi-transparent, summed: what the edge options change.
+EDGE_PIXELS_JS = """
+const img = document.getElementById('result-img');
+const canvas = document.createElement('canvas');
+canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
+const ctx = canvas.getContext('2d');
+ctx.drawImage(img, 0, 0);
+const data = ctx.getImageData(0, 0, canvas.width, canvas.height).data;
+let soft = 0, alpha = 0, colour = 0;
+for (let i = 0; i < data.length; i += 4) {
+  if (data[i + 3] > 0 && data[i + 3] < 255) { soft++; alpha += data[i + 3]; colour += data[i] + data[i + 1] + data[i + 2]; }
+}
+return [soft, alpha, colour];
+"""
+
+
+def test_edge_options_are_on_by_default_and_switch_off(base_url: str, browser: WebDriver):
+    """The two edge boxes start checked and send nothing; unchecked they send refine=false and
+    decontaminate=false (also in the curl line), and the cutout over a colour changes."""
+    wait = open_page(browser, base_url, 1366, 900)
+    set_theme(browser, "light")
+    refine, decontaminate = browser.find_element(By.ID, "opt-refine"), browser.find_element(By.ID, "opt-decontaminate")
+    assert refine.is_displayed() and refine.is_selected() and decontaminate.is_selected()
+    cutout(browser, wait)
+    assert last_sent(browser)["keys"] == ["file"]
+    press(browser, browser.find_element(By.CSS_SELECTOR, 'input[name="result-bg"][value="custom"]').find_element(
+        By.XPATH, ".."))
+    browser.execute_script("const c = document.getElementById('result-bg-color'); c.value = '#ff00ff';"
+                           "c.dispatchEvent(new Event('input'));")
+    browser.execute_script(SHOW_VIEWER_JS)
+    screenshot(browser, "edges-on.png")
+    with_edges = browser.execute_script(EDGE_PIXELS_JS)
+
+    press(browser, refine)
+    press(browser, decontaminate)
+    assert "-F refine=false -F decontaminate=false" in browser.find_element(By.ID, "curl-now").get_attribute(
+        "textContent")
+    press(browser, wait.until(EC.element_to_be_clickable((By.ID, "submit"))))
+    wait.until(lambda d: d.execute_script("return window.__sent.length") == 2)
+    wait.until(lambda d: d.execute_script(RESULT_SHOWN_JS) and d.find_element(By.ID, "submit").is_enabled())
+    assert last_sent(browser)["keys"] == ["file", "refine", "decontaminate"]
+    wait.until(lambda d: d.execute_script(EDGE_PIXELS_JS) != with_edges)
+    browser.execute_script(SHOW_VIEWER_JS)
+    screenshot(browser, "edges-off.png")
+
+    # The mask alone has no colours to clean: that box is greyed out, and not sent.
+    browser.execute_script("document.getElementById('more-options').open = true")
+    press(browser, browser.find_element(By.ID, "opt-only-mask"))
+    assert not decontaminate.is_enabled()
+    assert "decontaminate" not in browser.find_element(By.ID, "curl-now").get_attribute("textContent")
+    press(browser, browser.find_element(By.ID, "opt-only-mask"))
+    press(browser, refine)
+    press(browser, decontaminate)
+    assert script_errors(browser) == []
+
+
 def test_phone_layout(base_url: str, browser: WebDriver):
     wait = open_page(browser, base_url, 390, 844)
     set_theme(browser, "light")

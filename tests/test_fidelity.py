@@ -1,4 +1,8 @@
-"""Masks from /remove agree with rembg's u2netp reference masks (IoU of alpha > 0.5 >= 0.99 on every photo)."""
+"""Masks from /remove agree with rembg's u2netp reference masks (IoU of alpha > 0.5 >= 0.99 on every photo).
+
+The model's own mask is compared (refine=false): this checks the pre- and post-processing, which the edge
+refinement then starts from (what refinement does is measured by bench/edges.py).
+"""
 from __future__ import annotations
 
 import io
@@ -44,7 +48,7 @@ def test_fixtures_are_present():
 
 @pytest.mark.parametrize("photo", PHOTOS, ids=lambda p: p.stem)
 def test_u2netp_masks_match_the_reference(client, photo: Path):
-    response = client.post("/api/bg/remove", data=upload(photo.read_bytes(), photo.name))
+    response = client.post("/api/bg/remove", data=upload(photo.read_bytes(), photo.name, refine="false"))
     assert response.status_code == 200
     result = Image.open(io.BytesIO(response.data))
     assert max(result.size) <= 1024

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image
 
 from app import matting
 
 
-def _scene(size: int = 96) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _scene(size: int = 256) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """A red disc with a soft 6 px rim over green: (I, F, alpha 0..1, B, the model-like hard mask)."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     radius = np.hypot(yy - size / 2, xx - size / 2)
@@ -58,3 +59,27 @@ def test_no_band_returns_the_mask_unchanged() -> None:
     full = np.full(image.shape[:2], 255, np.uint8)
     assert np.array_equal(matting.refine_alpha(image, full), full)
     assert np.array_equal(matting.estimate_foreground(image, full), image)
+
+
+def test_refine_upsamples_a_small_mask_along_the_photo_edge() -> None:
+    """A mask made at a quarter of the output's size and resized (what a model's 1024 px output becomes in
+    a 4096 px answer) is a blurred step; refined against the full-size photo it follows the real edge."""
+    image, _, alpha, _, _ = _scene(256)
+    small = Image.fromarray(np.where(alpha[::4, ::4] >= 0.5, 255, 0).astype(np.uint8))
+    resized = np.asarray(small.resize((256, 256), Image.Resampling.LANCZOS))
+    out = matting.refine_alpha(image, resized)
+    rim = (alpha > 0) & (alpha < 1)
+    before = np.abs(resized[rim] / 255 - alpha[rim]).mean()
+    after = np.abs(out[rim] / 255 - alpha[rim]).mean()
+    assert after < 0.6 * before
+
+
+def test_pillow_and_array_forms_agree_and_soft_pixels_only_change() -> None:
+    image, _, alpha, _, mask = _scene()
+    refined = matting.refine(Image.fromarray(image), Image.fromarray(mask))
+    assert refined.mode == "L" and np.array_equal(np.asarray(refined), matting.refine_alpha(image, mask))
+    alpha8 = (alpha * 255 + 0.5).astype(np.uint8)
+    cleaned = np.asarray(matting.decontaminate(Image.fromarray(image), Image.fromarray(alpha8)))
+    untouched = (alpha8 <= 1) | (alpha8 >= 254)
+    assert np.array_equal(cleaned[untouched], image[untouched])
+    assert not np.array_equal(cleaned[~untouched], image[~untouched])

@@ -48,7 +48,7 @@ def test_document_is_open_even_with_a_key(make_app):
 # Exactly what the strict forms accept; a field the server takes but the document lacks (or the reverse)
 # breaks generated clients, so this list is the contract between the two.
 OPTIONS = {"format", "crop", "crop_margin", "max_dimension", "max_megapixels", "roi", "scale", "position",
-           "semitransparency"}
+           "semitransparency", "refine", "decontaminate"}
 FIELDS = {
     "/api/bg/remove": {"file", "image_url", "image_file_b64", "only_mask", *OPTIONS},
     "/api/bg/change_color": {"file", "image_url", "image_file_b64", "color", "bg_color", "bg_image", *OPTIONS},
@@ -70,7 +70,7 @@ def test_form_fields_and_types(make_app, path):
     assert properties["file"] == {**properties["file"], "type": "string", "format": "binary"}
     assert properties["image_url"]["format"] == "uri" and properties["image_file_b64"]["type"] == "string"
     booleans = {name for name, prop in properties.items() if prop["type"] == "boolean"}
-    assert booleans == ({"only_mask", "crop", "semitransparency"} & FIELDS[path])
+    assert booleans == ({"only_mask", "crop", "semitransparency", "refine", "decontaminate"} & FIELDS[path])
     assert properties["max_dimension"] == {**properties["max_dimension"], "type": "integer", "minimum": 1,
                                            "maximum": 800}
     assert not [name for name, prop in properties.items() if "example" in prop]  # Swagger UI would send them

@@ -9,7 +9,7 @@ from tests.conftest import image_bytes, photo, upload
 from tests.test_api import assert_json_error
 
 PHOTO = image_bytes(photo((64, 48)), "PNG")
-OPTIONS = "format, crop, crop_margin, max_dimension, max_megapixels, roi, scale, position, semitransparency"
+OPTIONS = "format, crop, crop_margin, max_dimension, max_megapixels, roi, scale, position, semitransparency, refine, decontaminate"
 REMOVE_FIELDS = f"file, image_url, image_file_b64, {OPTIONS}, only_mask"
 CHANGE_FIELDS = f"file, image_url, image_file_b64, {OPTIONS}, color, bg_color, bg_image"
 

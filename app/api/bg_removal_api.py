@@ -77,7 +77,7 @@ def safe_stem(filename: str) -> str:
 SOURCE_FIELDS: tuple[str, ...] = ("file", "image_url", "image_file_b64")
 FILE_FIELDS = frozenset({"file", "bg_image"})
 OPTION_FIELDS: tuple[str, ...] = ("format", "crop", "crop_margin", "max_dimension", "max_megapixels", "roi",
-                                  "scale", "position", "semitransparency")
+                                  "scale", "position", "semitransparency", "refine", "decontaminate")
 ACCEPTED_FIELDS: dict[str, tuple[str, ...]] = {
     "remove": (*SOURCE_FIELDS, *OPTION_FIELDS, "only_mask"),
     "change_color": (*SOURCE_FIELDS, *OPTION_FIELDS, "color", "bg_color", "bg_image"),
@@ -170,12 +170,17 @@ def _color_field(fields: Fields) -> str | None:
     return bg_color if color is None else color
 
 
+def _on_unless_false(fields: Fields, name: str) -> bool:
+    """A boolean option that defaults to true (not sent or blank)."""
+    text = fields.get(name)
+    return text is None or pipeline.parse_bool(name, text)
+
+
 def _options(fields: Fields) -> pipeline.Options:
     crop = pipeline.parse_bool("crop", fields.text.get("crop"))
     crop_margin = fields.get("crop_margin")
     if crop_margin is not None and not crop:
         raise BadRequest("crop_margin only applies with crop=true; add crop=true or leave crop_margin out")
-    semitransparency = fields.get("semitransparency")
     return pipeline.Options(
         fmt=pipeline.parse_format(fields.text.get("format")),
         only_mask=pipeline.parse_bool("only_mask", fields.text.get("only_mask")),
@@ -185,9 +190,11 @@ def _options(fields: Fields) -> pipeline.Options:
         max_dimension=pipeline.parse_max_dimension(fields.text.get("max_dimension"), _config().max_dimension),
         max_megapixels=pipeline.parse_megapixels(fields.text.get("max_megapixels")),
         roi=pipeline.parse_roi(fields.text.get("roi")),
-        semitransparency=semitransparency is None or pipeline.parse_bool("semitransparency", semitransparency),
+        semitransparency=_on_unless_false(fields, "semitransparency"),
         scale=pipeline.parse_scale(fields.text.get("scale")),
         position=pipeline.parse_position(fields.text.get("position")),
+        refine=_on_unless_false(fields, "refine"),
+        decontaminate=_on_unless_false(fields, "decontaminate"),
     )
 
 

@@ -87,6 +87,12 @@ def _form(config: Config, fields: tuple[str, ...]) -> dict[str, Any]:
                                     "placing the subject on the canvas"},
         "semitransparency": {"type": "boolean", "default": True,
                              "description": f"false makes every pixel fully opaque or fully transparent{BOOLEAN_NOTE}"},
+        "refine": {"type": "boolean", "default": True,
+                   "description": "refine the model's mask into an alpha matte along the subject's edge, guided by "
+                                  f"the photo at the output's size; false returns the model's mask{BOOLEAN_NOTE}"},
+        "decontaminate": {"type": "boolean", "default": True,
+                          "description": "replace the old background's colour in semi-transparent pixels with an "
+                                         f"estimated foreground colour; false keeps the photo's{BOOLEAN_NOTE}"},
         "color": {"type": "string",
                   "description": "'#RGB', '#RGBA', '#RRGGBB', '#RRGGBBAA', 'R,G,B' or a CSS name; default white"},
         "bg_color": {"type": "string",
@@ -118,7 +124,7 @@ def _bodies(multipart: dict[str, Any], files: frozenset[str]) -> dict[str, Any]:
 
 FILE_FIELDS = frozenset({"file", "bg_image", "image_file", "bg_image_file"})
 OPTION_FIELDS = ("format", "crop", "crop_margin", "max_dimension", "max_megapixels", "roi", "scale", "position",
-                 "semitransparency")
+                 "semitransparency", "refine", "decontaminate")
 REMOVE_FIELDS = ("file", "image_url", "image_file_b64", "only_mask", *OPTION_FIELDS)
 CHANGE_COLOR_FIELDS = ("file", "image_url", "image_file_b64", "color", "bg_color", "bg_image", *OPTION_FIELDS)
 
@@ -167,6 +173,11 @@ def _removebg_body() -> dict[str, Any]:
                      "description": "alpha: the mask alone"},
         "add_shadow": {**boolean, "description": "only false is served; true is 400 unsupported_add_shadow"},
         "semitransparency": {**boolean, "description": "false: every pixel fully opaque or transparent"},
+        "refine": {**boolean, "default": True,
+                   "description": "this server's extension, as on /api/bg: false returns the model's mask unrefined"},
+        "decontaminate": {**boolean, "default": True,
+                          "description": "this server's extension, as on /api/bg: false keeps the photo's colours "
+                                         "in semi-transparent pixels"},
         "bg_color": {"type": "string", "description": "hex (81d4fa, fff, with alpha 4 or 8 digits) or a colour name"},
         "bg_image_url": {"type": "string", "format": "uri", "description": "a background image, scaled to cover"},
         "bg_image_file": {**BINARY, "description": "a background image (multipart only), scaled to cover"},

@@ -27,6 +27,7 @@ SOURCES = ("image_file", "image_url", "image_file_b64")
 FIELDS: tuple[str, ...] = (
     *SOURCES, "size", "type", "type_level", "format", "roi", "crop", "crop_margin", "scale", "position",
     "channels", "add_shadow", "semitransparency", "bg_color", "bg_image_url", "bg_image_file",
+    "refine", "decontaminate",  # this server's extensions, as /api/bg names them
 )
 FILE_FIELDS = frozenset({"image_file", "bg_image_file"})
 # remove.bg's sizes as a cap on the result's megapixels (None: the original, up to this server's own limits).
@@ -197,6 +198,8 @@ def _options(fields: Fields) -> pipeline.Options:
         semitransparency=_flag(fields, "semitransparency", True),
         scale=scale,
         position=position,
+        refine=_flag(fields, "refine", True),
+        decontaminate=_flag(fields, "decontaminate", True),
     )
 
 

@@ -37,6 +37,8 @@
   var cropBox = $("opt-crop");
   var cropMargin = $("opt-crop-margin");
   var onlyMask = $("opt-only-mask");
+  var refineBox = $("opt-refine");
+  var decontaminateBox = $("opt-decontaminate");
   var onlyMaskRow = $("only-mask-row");
   var bgImageRow = $("bg-image-row");
   var bgImage = $("opt-bg-image");
@@ -264,6 +266,9 @@
       if (cropMargin.value.trim()) fields.push(["crop_margin", cropMargin.value.trim()]);
     }
     if (maxDimension.value.trim()) fields.push(["max_dimension", maxDimension.value.trim()]);
+    // both are on unless sent as false, so only a switched-off box is sent
+    if (!refineBox.checked) fields.push(["refine", "false"]);
+    if (!decontaminateBox.checked && !onlyMaskOn(op)) fields.push(["decontaminate", "false"]);
     return fields;
   }
 
@@ -311,6 +316,7 @@
     colorText.disabled = !isColor || hasBgImage();
     colorPicker.disabled = colorText.disabled;
     cropMargin.disabled = !cropBox.checked;
+    decontaminateBox.disabled = onlyMaskOn(op); // the mask alone carries no colours
 
     var removeFmt = FORMAT_NAMES[outputFormat("remove")];
     if (onlyMask.checked) subRemove.textContent = "Mask only, " + removeFmt;
@@ -331,7 +337,9 @@
       : "#RRGGBB, #RGB, #RRGGBBAA, R,G,B (0-255 each) or a CSS name, e.g. #00FF00, 255,0,0 or teal";
     syncLabels();
   });
-  [cropBox, onlyMask, formatSelect].forEach(function (el) { el.addEventListener("change", syncLabels); });
+  [cropBox, onlyMask, formatSelect, refineBox, decontaminateBox].forEach(function (el) {
+    el.addEventListener("change", syncLabels);
+  });
   [cropMargin, maxDimension, apiKey].forEach(function (el) { el.addEventListener("input", syncLabels); });
   form.querySelectorAll('input[name="op"]').forEach(function (radio) {
     radio.addEventListener("change", syncLabels);
