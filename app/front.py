@@ -4,7 +4,10 @@ A thread only ever runs a request that has fully arrived, and never waits on a c
 on the event loop first (BufferedBodies), and responses are handed to the event loop, which writes them
 as fast as the client reads (Outbox). Every resource a client can hold has a bound (Limits):
 
-- connections: past MAX_CONNECTIONS a connection's request gets 503 with Retry-After;
+- connections: past MAX_CONNECTIONS a new connection closes the one that has waited longest for a
+  request (idle, or a head still arriving), as nginx reuses idle connections when it runs out; if every
+  connection has a request in flight, the new one's request gets 503 with Retry-After, except
+  GET /api/bg/health, which a platform's probe must still get through a connection flood;
 - header deadline: a connection whose request head has not arrived HEADER_TIMEOUT_S after it opened is
   closed (uvicorn's keep-alive timeout covers the time between requests; h11 bounds the head's size);
 - body deadline: a body not fully arrived BODY_TIMEOUT_S after its head gets 408;
@@ -67,6 +70,7 @@ MAX_HEAD_BYTES = 16 * 1024
 SEND_BUFFER_BYTES = 64 * 1024
 PROBE_INTERVAL_S = 2.0
 CONNECTION = "pixport.connection"  # the scope["state"] key that carries the request's connection
+HEALTH_PATH = "/api/bg/health"
 
 log = logging.getLogger(__name__)
 
@@ -124,11 +128,14 @@ class Refused(Exception):
 class GuardedH11Protocol(H11Protocol):
     """uvicorn's h11 protocol plus the connection bound, the header deadline and the send deadline.
 
-    Subclassed per worker with its Limits (guarded_protocol). Each request's scope["state"] carries the
-    connection, so the ASGI layers can see whether it may write and abort it.
+    Subclassed per worker with its Limits and its own `waiting` (guarded_protocol). Each request's
+    scope["state"] carries the connection, so the ASGI layers can see whether it may write and abort it.
     """
 
     limits: Limits
+    # The worker's connections with no request in flight (a head not yet complete, or idle between
+    # requests with nothing left to send), oldest first: the ones a new connection may displace.
+    waiting: dict["GuardedH11Protocol", None]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -142,7 +149,9 @@ class GuardedH11Protocol(H11Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
-        self.overloaded = len(self.connections) > self.limits.max_connections
+        displaced = self._displace_oldest_waiting() if len(self.connections) > self.limits.max_connections else 0
+        self.overloaded = len(self.connections) - displaced > self.limits.max_connections
+        self.waiting[self] = None
         self.app_state = {**self.app_state, CONNECTION: self}
         self._header_timer = self.loop.call_later(self.limits.header_timeout_s, self._header_timeout)
 
@@ -152,13 +161,27 @@ class GuardedH11Protocol(H11Protocol):
                 timer.cancel()
         self._header_timer = self._send_timer = None
         self.writing_paused = False
+        self.waiting.pop(self, None)
         super().connection_lost(exc)
+
+    def _displace_oldest_waiting(self) -> int:
+        """Close the connection that has waited longest for a request; 1 if there was one, else 0."""
+        while self.waiting:
+            oldest = next(iter(self.waiting))
+            del self.waiting[oldest]
+            if not oldest.transport.is_closing():
+                log.debug("closing %s: %d connections, it waited longest", oldest.client, len(self.connections))
+                oldest.transport.close()
+                return 1
+        return 0
 
     def handle_events(self) -> None:
         super().handle_events()
-        if self.cycle is not None and self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.waiting.pop(self, None)
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
 
     def _header_timeout(self) -> None:
         self._header_timer = None
@@ -182,6 +205,9 @@ class GuardedH11Protocol(H11Protocol):
         if self.transport.get_write_buffer_size():
             self._arm_send_timer()  # the response's tail must reach the client too, even on close
         super().on_response_complete()
+        if (not self.transport.is_closing() and self.cycle is not None and self.cycle.response_complete
+                and not self.transport.get_write_buffer_size()):
+            self.waiting[self] = None  # idle until its next request (uvicorn's keep-alive timeout runs)
 
     def _arm_send_timer(self) -> None:
         if self._send_timer is None:
@@ -214,7 +240,7 @@ class GuardedH11Protocol(H11Protocol):
 
 
 def guarded_protocol(limits: Limits) -> type[GuardedH11Protocol]:
-    return type("GuardedH11Protocol", (GuardedH11Protocol,), {"limits": limits})
+    return type("GuardedH11Protocol", (GuardedH11Protocol,), {"limits": limits, "waiting": {}})
 
 
 # --------------------------------------------------------------------------- responses
@@ -470,7 +496,7 @@ class Front:
         outbox = Outbox(send, conn, self.responses)
         names = [name.lower() for name, _ in scope.get("headers", [])]
         try:
-            if conn.overloaded:
+            if conn.overloaded and not (scope["path"] == HEALTH_PATH and scope["method"] in ("GET", "HEAD")):
                 await send_json(outbox.send, 503, "the server has too many open connections; try again shortly",
                                 retry_after=RETRY_AFTER_S)
             elif sum(len(name) + len(value) + 4 for name, value in scope.get("headers", [])) > MAX_HEAD_BYTES:
@@ -488,7 +514,7 @@ class Front:
     async def probe(self) -> bool:
         """Run GET /api/bg/health through the stack and the thread pool: True once it has answered."""
         scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
-                 "scheme": "http", "path": "/api/bg/health", "raw_path": b"/api/bg/health", "query_string": b"",
+                 "scheme": "http", "path": HEALTH_PATH, "raw_path": HEALTH_PATH.encode(), "query_string": b"",
                  "root_path": "", "headers": [(b"host", b"localhost"), (b"x-request-id", b"watchdog")],
                  "client": ("127.0.0.1", 0), "server": ("127.0.0.1", 0), "state": {}}
         answered = False

@@ -148,30 +148,35 @@ def test_a_header_that_never_finishes_and_an_idle_connection_are_closed(server: 
 
 
 def test_slowloris_clients_are_dropped_and_do_not_starve_health(server: str):
-    stop = threading.Event()
-
-    def slow_header() -> None:
-        with _connect(server) as sock:
-            sock.sendall(b"POST /api/bg/remove HTTP/1.1\r\nHost: x\r\n")
-            index = 0
-            while not stop.wait(0.3):
-                try:
-                    sock.sendall(f"X-Slow-{index}: 1\r\n".encode())
-                except OSError:
-                    return  # closed by the header deadline
-                index += 1
-
-    threads = [threading.Thread(target=slow_header, daemon=True) for _ in range(2 * THREADS)]
-    for thread in threads:
-        thread.start()
-    try:
-        time.sleep(0.5)
-        assert max(_health_s(server) for _ in range(3)) < 1.0
-        _upload(server)
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=5)
+    """Clients that send a header line every 0.3 s forever: health and uploads are served meanwhile, and
+    each slow client is closed by the header deadline (its head never completes)."""
+    deadline_s = float(LIMITS["HEADER_TIMEOUT_S"])
+    socks = [_connect(server) for _ in range(2 * THREADS)]
+    for sock in socks:
+        sock.sendall(b"POST /api/bg/remove HTTP/1.1\r\nHost: x\r\n")
+    opened = time.monotonic()
+    open_socks = list(socks)
+    checked_health = False
+    for line in range(100):
+        if not open_socks or time.monotonic() - opened > deadline_s + 3:
+            break
+        time.sleep(0.3)
+        for sock in list(open_socks):
+            try:
+                sock.sendall(f"X-Slow-{line}: 1\r\n".encode())
+                if sock.recv(1, socket.MSG_DONTWAIT | socket.MSG_PEEK) == b"":
+                    open_socks.remove(sock)  # closed by the server
+            except BlockingIOError:
+                pass  # still open
+            except OSError:
+                open_socks.remove(sock)  # reset by the server
+        if not checked_health:
+            assert max(_health_s(server) for _ in range(3)) < 1.0
+            _upload(server)
+            checked_health = True
+    for sock in socks:
+        sock.close()
+    assert checked_health and open_socks == [], f"{len(open_socks)} slow clients still open"
 
 
 def test_a_stalled_body_gets_408(server: str):
@@ -234,17 +239,34 @@ def test_spooled_bodies_are_held_within_the_disk_budget(server: str):
     assert big.status_code == 415  # spooled and read whole: the app refused what it is, not its size
 
 
-def test_connections_past_the_bound_get_503_with_retry_after(server: str):
+def test_past_the_connection_bound_the_longest_waiting_connection_makes_room(server: str):
+    """MAX_CONNECTIONS idle connections: a new client is served, and the oldest idle one is closed for it."""
     idle = [_connect(server) for _ in range(int(LIMITS["MAX_CONNECTIONS"]))]
     try:
-        response = requests.get(f"{server}/api/bg/health", timeout=5)
-        assert response.status_code == 503 and response.headers["Retry-After"] == "5"
-        assert "too many open connections" in response.json()["error"]
+        time.sleep(0.3)
+        assert requests.get(f"{server}/api/bg/status", timeout=5).status_code == 200
+        assert _closed_by_server(idle[0], within_s=1)[0]
+        assert not _closed_by_server(idle[-1], within_s=0.2)[0]
     finally:
         for sock in idle:
             sock.close()
+
+
+def test_past_the_connection_bound_requests_get_503_but_health_is_served(server: str):
+    """MAX_CONNECTIONS connections each in the middle of a request (none to displace): a new request gets
+    503 with Retry-After, but a health probe still gets 200."""
+    busy = [_partial_upload(server, declared=1000, sent=10) for _ in range(int(LIMITS["MAX_CONNECTIONS"]))]
+    try:
+        time.sleep(0.5)
+        response = requests.get(f"{server}/api/bg/status", timeout=5)
+        assert response.status_code == 503 and response.headers["Retry-After"] == "5"
+        assert "too many open connections" in response.json()["error"]
+        assert _health_s(server) < 1.0
+    finally:
+        for sock in busy:
+            sock.close()
     time.sleep(0.5)
-    assert _health_s(server) < 1.0
+    assert requests.get(f"{server}/api/bg/status", timeout=5).status_code == 200
 
 
 # --------------------------------------------------------------------------- the watchdog
