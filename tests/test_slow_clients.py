@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import re
 import socket
 import threading
 import time
@@ -20,6 +21,7 @@ import pytest
 import requests
 from PIL import Image
 
+from app.config import Config, ConfigError
 from app.front import Budget, BufferedBodies, Limits
 from tests.conftest import gunicorn, image_bytes, photo, wait_healthy
 
@@ -410,3 +412,15 @@ def test_buffered_bodies_answer_503_past_the_spool_budget(headers: list):
     sent, scope, _ = _run_buffered(chunks, _limits(max_body=10_000_000, spool=2_000_000), headers)
     assert scope is None
     assert sent[0]["status"] == 503 and (b"retry-after", b"5") in sent[0]["headers"]
+
+
+def test_front_settings_are_read_with_their_types_and_checked():
+    config = Config.from_env({"MAX_CONNECTIONS": "50", "HEADER_TIMEOUT_S": "2.5", "SPOOL_MAX_MB": "20"})
+    assert (config.max_connections, config.header_timeout_s, config.spool_max_mb) == (50, 2.5, 20)
+    assert isinstance(config.body_memory_mb, int) and config.body_timeout_s == Config().body_timeout_s
+    for env, message in [({"MAX_CONNECTIONS": "5"}, "MAX_CONNECTIONS=5 is out of range"),
+                         ({"BODY_MEMORY_MB": "1.5"}, "BODY_MEMORY_MB='1.5' is not a whole number"),
+                         ({"SEND_TIMEOUT_S": "0"}, "SEND_TIMEOUT_S=0.0 is out of range"),
+                         ({"SPOOL_MAX_MB": "4"}, "SPOOL_MAX_MB=4 cannot hold one upload")]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            Config.from_env(env)
