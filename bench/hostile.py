@@ -1,8 +1,8 @@
 """Replay issue 10's hostile list against the deployed server and print whole-server peak RSS per case.
 
 Each case gets a fresh server started as deployed: `gunicorn -c gunicorn.conf.py app_isnet_tiny:app` with the
-Dockerfile's runtime ENV (MALLOC_ARENA_MAX=2, GLIBC_TUNABLES=glibc.malloc.hugetlb=1, FLASK_ENV=production,
-PYTHONUNBUFFERED/PYTHONDONTWRITEBYTECODE) and BG_MODEL/MODEL_DIR. One ordinary upload loads the model first, then
+runtime ENV read from Dockerfile.isnet-tiny (MALLOC_ARENA_MAX, GLIBC_TUNABLES, ORT_THREADS=auto, PRELOAD_MODEL,
+FLASK_ENV=production, ...) and BG_MODEL/MODEL_DIR. One ordinary upload loads the model first, then
 the case runs; whole-server peak = VmHWM of the gunicorn master + VmHWM of its worker (an upper bound on the
 peak of their sum). Inputs are generated once into bench/out/hostile-inputs/.
 
@@ -42,16 +42,13 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+import compare_rembg  # noqa: E402
 import slow_attacks  # noqa: E402
 
 INPUTS = common.BENCH / "out" / "hostile-inputs"
-DEPLOYED_ENV = {
-    "MALLOC_ARENA_MAX": "2",
-    "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1",
-    "FLASK_ENV": "production",
-    "PYTHONUNBUFFERED": "1",
-    "PYTHONDONTWRITEBYTECODE": "1",
-}
+# The Dockerfile's runtime ENV, read from the Dockerfile itself (less the image's own paths and port).
+DEPLOYED_ENV = {key: value for key, value in compare_rembg.dockerfile_runtime_env().items()
+                if key not in compare_rembg.NOT_FROM_DOCKERFILE}
 TIMEOUT_S = 180
 
 
