@@ -20,8 +20,10 @@ as fast as the client reads (Outbox). Every resource a client can hold has a bou
   response ended, is aborted, which releases every writer waiting on it (nginx's send_timeout).
 
 The worker's heartbeat means "can serve": it is sent only when a /api/bg/health request, run through
-this whole stack and the thread pool, has completed since the last one. A worker whose threads are all
-stuck (or whose event loop is) stops beating, and gunicorn's arbiter replaces it after `timeout`.
+BufferedBodies and the main thread pool, has completed since the last one. A worker whose threads are all
+stuck (or whose event loop is) stops beating, and gunicorn's arbiter replaces it after `timeout`. Clients'
+health checks run on HEALTH_THREADS threads of their own, so that they never queue behind other requests,
+and answer 503 once the watchdog's probe has waited STUCK_AFTER_S.
 
 gunicorn.conf.py selects it: worker_class = "app.front.FrontWorker".
 """
@@ -71,6 +73,13 @@ SEND_BUFFER_BYTES = 64 * 1024
 PROBE_INTERVAL_S = 2.0
 CONNECTION = "pixport.connection"  # the scope["state"] key that carries the request's connection
 HEALTH_PATH = "/api/bg/health"
+# Threads that run only bodiless GET/HEAD /api/bg/health from clients, so a platform's probe never queues
+# behind a flood of other requests for the GUNICORN_THREADS pool. The watchdog's own probe goes through
+# that main pool, so a worker whose main threads are stuck still stops beating and is replaced.
+HEALTH_THREADS = 2
+# Past this wait for the watchdog's probe, the main pool counts as stuck and client health checks get 503
+# (the worker is about to be replaced) rather than a 200 from the health threads.
+STUCK_AFTER_S = 5.0
 
 log = logging.getLogger(__name__)
 
@@ -474,6 +483,14 @@ async def send_json(send: Send, status: int, message: str, retry_after: int | No
 AccessLog = Callable[[Scope, Outbox, float], None]
 
 
+def _is_health(scope: Scope) -> bool:
+    """A bodiless GET or HEAD of /api/bg/health: what a platform's health probe sends."""
+    if scope["path"] != HEALTH_PATH or scope["method"] not in ("GET", "HEAD"):
+        return False
+    headers = dict((name.lower(), value) for name, value in scope.get("headers", []))
+    return b"transfer-encoding" not in headers and headers.get(b"content-length", b"0") == b"0"
+
+
 class Front:
     """The ASGI app uvicorn serves: the connection bound, the Outbox, BufferedBodies, then a2wsgi."""
 
@@ -485,7 +502,13 @@ class Front:
         self.responses = Budget(limits.response_memory_bytes)
         self.bodies = BufferedBodies(WSGIMiddleware(_with_file_wrapper(wsgi_app), workers=threads), limits, spool_dir,
                                      self.memory, self.disk)
+        self.health = WSGIMiddleware(wsgi_app, workers=HEALTH_THREADS)
         self.access_log = access_log
+        self.probe_since: float | None = None  # when the pending watchdog probe started
+
+    def stuck(self) -> bool:
+        """The watchdog's probe has waited over STUCK_AFTER_S for the main pool."""
+        return self.probe_since is not None and time.monotonic() - self.probe_since > STUCK_AFTER_S
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         conn = scope.get("state", {}).get(CONNECTION)
@@ -495,24 +518,28 @@ class Front:
         started = time.monotonic()
         outbox = Outbox(send, conn, self.responses)
         names = [name.lower() for name, _ in scope.get("headers", [])]
+        health = _is_health(scope)
         try:
-            if conn.overloaded and not (scope["path"] == HEALTH_PATH and scope["method"] in ("GET", "HEAD")):
+            if conn.overloaded and not health:
                 await send_json(outbox.send, 503, "the server has too many open connections; try again shortly",
                                 retry_after=RETRY_AFTER_S)
             elif sum(len(name) + len(value) + 4 for name, value in scope.get("headers", [])) > MAX_HEAD_BYTES:
                 await send_json(outbox.send, 431, "the request's header fields are too large")
+            elif health and self.stuck():
+                await send_json(outbox.send, 503, "the server cannot serve requests now (its threads are stuck); "
+                                "it is being restarted", retry_after=RETRY_AFTER_S)
             elif b"content-length" in names and b"transfer-encoding" in names:
                 # h11 lets Transfer-Encoding win; a proxy in front may not (request smuggling): refuse both.
                 await send_json(outbox.send, 400, "a request may not have both Content-Length and Transfer-Encoding")
             else:
-                await self.bodies(scope, receive, outbox.send)
+                await (self.health if health else self.bodies)(scope, receive, outbox.send)
         finally:
             await outbox.flushed()
             if self.access_log is not None:
                 self.access_log(scope, outbox, time.monotonic() - started)
 
     async def probe(self) -> bool:
-        """Run GET /api/bg/health through the stack and the thread pool: True once it has answered."""
+        """Run GET /api/bg/health through BufferedBodies and the main thread pool: True once it has answered."""
         scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
                  "scheme": "http", "path": HEALTH_PATH, "raw_path": HEALTH_PATH.encode(), "query_string": b"",
                  "root_path": "", "headers": [(b"host", b"localhost"), (b"x-request-id", b"watchdog")],
@@ -526,7 +553,11 @@ class Front:
             nonlocal answered
             answered = answered or (message["type"] == "http.response.body" and not message.get("more_body"))
 
-        await self(scope, receive, send)
+        self.probe_since = time.monotonic()
+        try:
+            await self(scope, receive, send)
+        finally:
+            self.probe_since = None
         return answered
 
 

@@ -22,7 +22,7 @@ import requests
 from PIL import Image
 
 from app.config import Config, ConfigError
-from app.front import Budget, BufferedBodies, Limits
+from app.front import PROBE_INTERVAL_S, STUCK_AFTER_S, Budget, BufferedBodies, Limits
 from tests.conftest import gunicorn, image_bytes, photo, wait_healthy
 
 THREADS = 12  # gunicorn.conf.py's default GUNICORN_THREADS
@@ -276,9 +276,10 @@ def test_past_the_connection_bound_requests_get_503_but_health_is_served(server:
 
 def test_the_watchdog_replaces_a_worker_that_cannot_serve(tmp_path: Path):
     """Take both threads of a worker with requests that never return (tests/wedge_app.py): its event loop
-    still runs, so gunicorn's own heartbeat would keep it forever; the front's heartbeat stops, and the
-    arbiter replaces it within `timeout` (6 s here) plus the probe interval."""
-    with gunicorn(tmp_path, app="tests.wedge_app:app", GUNICORN_CMD_ARGS="--timeout 6 --threads 2") as (
+    still runs, so gunicorn's own heartbeat would keep it forever; the front's heartbeat stops, clients'
+    health checks (on their own threads) turn 503 once the watchdog's probe has waited STUCK_AFTER_S, and
+    the arbiter replaces the worker within `timeout` (10 s here) plus the probe interval."""
+    with gunicorn(tmp_path, app="tests.wedge_app:app", GUNICORN_CMD_ARGS="--timeout 10 --threads 2") as (
             base, process, log):
         wait_healthy(base, process, log)
         wedged = psutil.Process(process.pid).children()[0].pid
@@ -286,14 +287,29 @@ def test_the_watchdog_replaces_a_worker_that_cannot_serve(tmp_path: Path):
             for _ in range(2):
                 pool.submit(_swallow, f"{base}/wedge")
             time.sleep(0.5)
+            assert requests.get(f"{base}/api/bg/health", timeout=1).status_code == 200  # on its own threads
             with pytest.raises(requests.Timeout):
-                requests.get(f"{base}/api/bg/health", timeout=1.5)  # every thread is taken: it cannot serve
+                requests.get(f"{base}/api/bg/status", timeout=1.5)  # every thread is taken: it cannot serve
+            unhealthy = _first_health_503(base, within_s=STUCK_AFTER_S + PROBE_INTERVAL_S + 3)
+            assert "restarted" in unhealthy.json()["error"] and unhealthy.headers["Retry-After"] == "5"
             started = time.monotonic()
             wait_healthy(base, process, log, seconds=30)
             replaced_s = time.monotonic() - started
         assert [child.pid for child in psutil.Process(process.pid).children()] != [wedged]
         assert f"WORKER TIMEOUT (pid:{wedged})" in log.read_text()
         assert replaced_s < 30
+
+
+def _first_health_503(base: str, within_s: float) -> requests.Response:
+    """Poll health (answered by its own threads) until it says 503."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        response = requests.get(f"{base}/api/bg/health", timeout=2)
+        if response.status_code == 503:
+            return response
+        assert response.status_code == 200
+        time.sleep(0.2)
+    raise AssertionError(f"health did not turn 503 within {within_s} s")
 
 
 def _swallow(url: str) -> None:
