@@ -278,8 +278,8 @@ def test_the_watchdog_replaces_a_worker_that_cannot_serve(tmp_path: Path):
     """Take both threads of a worker with requests that never return (tests/wedge_app.py): its event loop
     still runs, so gunicorn's own heartbeat would keep it forever; the front's heartbeat stops, clients'
     health checks (on their own threads) turn 503 once the watchdog's probe has waited STUCK_AFTER_S, and
-    the arbiter replaces the worker within `timeout` (10 s here) plus the probe interval."""
-    with gunicorn(tmp_path, app="tests.wedge_app:app", GUNICORN_CMD_ARGS="--timeout 10 --threads 2") as (
+    the arbiter replaces the worker within `timeout` (8 s here) plus the probe interval."""
+    with gunicorn(tmp_path, app="tests.wedge_app:app", GUNICORN_CMD_ARGS="--timeout 8 --threads 2") as (
             base, process, log):
         wait_healthy(base, process, log)
         wedged = psutil.Process(process.pid).children()[0].pid
