@@ -70,6 +70,14 @@ MAX_HEAD_BYTES = 16 * 1024
 # a client that stops reading can park megabytes per connection in kernel memory, which a container's
 # memory limit counts, and the send deadline would never see a full buffer.
 SEND_BUFFER_BYTES = 64 * 1024
+# One read from a socket (asyncio's default is 256 KB). Reading stops once a request head has arrived, until
+# the request is admitted and its body is asked for, so a connection holds at most about one read that no
+# budget counts: 1,000 stalled uploads hold ~16 MB here, where 256 KB reads held 400 MB (docs/performance.md).
+READ_BYTES = 16 * 1024
+# After refusing a request whose body is still arriving, the connection reads and discards for up to this
+# long before it closes (nginx's lingering close): closing with unread data would send a reset, which can
+# destroy the answer before the client reads it.
+LINGER_S = 2.0
 PROBE_INTERVAL_S = 2.0
 CONNECTION = "pixport.connection"  # the scope["state"] key that carries the request's connection
 HEALTH_PATH = "/api/bg/health"
@@ -152,12 +160,16 @@ class GuardedH11Protocol(H11Protocol):
         self.writing_paused = False
         self._header_timer: asyncio.TimerHandle | None = None
         self._send_timer: asyncio.TimerHandle | None = None
+        self._linger_timer: asyncio.TimerHandle | None = None
+        self.draining = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+        if hasattr(transport, "max_size"):
+            transport.max_size = READ_BYTES  # asyncio's selector transport: the size it passes to recv()
         displaced = self._displace_oldest_waiting() if len(self.connections) > self.limits.max_connections else 0
         self.overloaded = len(self.connections) - displaced > self.limits.max_connections
         self.waiting[self] = None
@@ -165,10 +177,10 @@ class GuardedH11Protocol(H11Protocol):
         self._header_timer = self.loop.call_later(self.limits.header_timeout_s, self._header_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        for timer in (self._header_timer, self._send_timer):
+        for timer in (self._header_timer, self._send_timer, self._linger_timer):
             if timer is not None:
                 timer.cancel()
-        self._header_timer = self._send_timer = None
+        self._header_timer = self._send_timer = self._linger_timer = None
         self.writing_paused = False
         self.waiting.pop(self, None)
         super().connection_lost(exc)
@@ -184,9 +196,16 @@ class GuardedH11Protocol(H11Protocol):
                 return 1
         return 0
 
+    def data_received(self, data: bytes) -> None:
+        if not self.draining:
+            super().data_received(data)
+
     def handle_events(self) -> None:
         super().handle_events()
         if self.cycle is not None and not self.cycle.response_complete:
+            # A request is in flight: read its body only when the app asks for it (uvicorn's receive()
+            # resumes reading), so a request refused by a budget or the bound reads nothing more.
+            self.flow.pause_reading()
             self.waiting.pop(self, None)
             if self._header_timer is not None:
                 self._header_timer.cancel()
@@ -214,9 +233,26 @@ class GuardedH11Protocol(H11Protocol):
         if self.transport.get_write_buffer_size():
             self._arm_send_timer()  # the response's tail must reach the client too, even on close
         super().on_response_complete()
+        if self.conn.their_state is h11.SEND_BODY and not self.transport.is_closing():
+            # Answered before its body arrived (a refusal): uvicorn discards the rest of the body as it comes,
+            # for at most LINGER_S.
+            self._linger_timer = self.loop.call_later(LINGER_S, self._end_lingering, self.cycle)
         if (not self.transport.is_closing() and self.cycle is not None and self.cycle.response_complete
                 and not self.transport.get_write_buffer_size()):
             self.waiting[self] = None  # idle until its next request (uvicorn's keep-alive timeout runs)
+
+    def _end_lingering(self, cycle: Any) -> None:
+        self._linger_timer = None
+        if self.cycle is cycle and self.conn.their_state is h11.SEND_BODY:
+            self.transport.close()
+
+    def _linger(self) -> None:
+        """Close after a final answer without a reset: half-close, then discard what arrives for LINGER_S."""
+        self.draining = True
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.transport.resume_reading()
+        self._linger_timer = self.loop.call_later(LINGER_S, self.transport.close)
 
     def _arm_send_timer(self) -> None:
         if self._send_timer is None:
@@ -245,7 +281,7 @@ class GuardedH11Protocol(H11Protocol):
                    (b"connection", b"close")]
         for event in (h11.Response(status_code=status, headers=headers), h11.Data(data=body), h11.EndOfMessage()):
             self.transport.write(self.conn.send(event))
-        self.transport.close()
+        self._linger()
 
 
 def guarded_protocol(limits: Limits) -> type[GuardedH11Protocol]:
@@ -412,7 +448,7 @@ class BufferedBodies:
                                 f"the request body did not arrive within {self.limits.body_timeout_s:.0f} s")
                 return
             except Refused as refused:
-                await send_json(send, refused.status, refused.message, retry_after=RETRY_AFTER_S)
+                await send_json(send, refused.status, refused.message, retry_after=RETRY_AFTER_S, close=False)
                 return
             if received is None:
                 return  # the client went away
@@ -467,10 +503,13 @@ def _replay(spool: IO[bytes], receive: Receive) -> Receive:
     return replay
 
 
-async def send_json(send: Send, status: int, message: str, retry_after: int | None = None) -> None:
+async def send_json(send: Send, status: int, message: str, retry_after: int | None = None,
+                    close: bool = True) -> None:
+    """A JSON error; close=False keeps the connection, so a body still arriving is discarded, not reset."""
     body = json.dumps({"error": message}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-               (b"connection", b"close")]
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if close:
+        headers.append((b"connection", b"close"))
     if retry_after is not None:
         headers.append((b"retry-after", str(retry_after).encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -522,7 +561,7 @@ class Front:
         try:
             if conn.overloaded and not health:
                 await send_json(outbox.send, 503, "the server has too many open connections; try again shortly",
-                                retry_after=RETRY_AFTER_S)
+                                retry_after=RETRY_AFTER_S, close=False)
             elif sum(len(name) + len(value) + 4 for name, value in scope.get("headers", [])) > MAX_HEAD_BYTES:
                 await send_json(outbox.send, 431, "the request's header fields are too large")
             elif health and self.stuck():

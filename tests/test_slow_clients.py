@@ -22,7 +22,7 @@ import requests
 from PIL import Image
 
 from app.config import Config, ConfigError
-from app.front import PROBE_INTERVAL_S, STUCK_AFTER_S, Budget, BufferedBodies, Limits
+from app.front import LINGER_S, PROBE_INTERVAL_S, STUCK_AFTER_S, Budget, BufferedBodies, Limits
 from tests.conftest import gunicorn, image_bytes, photo, wait_healthy
 
 THREADS = 12  # gunicorn.conf.py's default GUNICORN_THREADS
@@ -239,6 +239,19 @@ def test_spooled_bodies_are_held_within_the_disk_budget(server: str):
     time.sleep(0.3)
     big = requests.post(f"{server}/api/bg/remove", files={"file": ("x.png", b"\0" * 6_000_000)}, timeout=30)
     assert big.status_code == 415  # spooled and read whole: the app refused what it is, not its size
+
+
+def test_a_refused_upload_gets_its_answer_not_a_reset(server: str):
+    """An upload refused while its body is still streaming in: the server discards the rest for LINGER_S
+    rather than closing on unread data (which resets the connection and can destroy the 503)."""
+    first = _partial_upload(server, declared=8_000_000, sent=100_000)  # holds 8 of the 12 MB of spool
+    assert _answer(first, within_s=0.5) == b""
+    second = _partial_upload(server, declared=8_000_000, sent=3_000_000)  # refused; sent whole, then stalls
+    closed, received = _closed_by_server(second, within_s=LINGER_S + 2)
+    first.close()
+    second.close()
+    assert received.startswith(b"HTTP/1.1 503 ") and b"retry-after: 5" in received.lower()
+    assert closed  # and it does not stay open
 
 
 def test_past_the_connection_bound_the_longest_waiting_connection_makes_room(server: str):
