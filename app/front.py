@@ -13,7 +13,10 @@ as fast as the client reads (Outbox). Every resource a client can hold has a bou
 - body deadline: a body not fully arrived BODY_TIMEOUT_S after its head gets 408;
 - request bodies: small ones in memory up to BODY_MEMORY_MB in total, the rest in anonymous temp files in
   UPLOAD_FOLDER up to SPOOL_MAX_MB in total, reserved by Content-Length before a byte is read; past
-  either a request gets 503 with Retry-After at once;
+  either a request gets 503 with Retry-After at once. Sockets are read READ_BYTES at a time, and not past
+  a request head until the app asks for the body, so what no budget counts is about one read per
+  connection; a request refused while its body is arriving is answered, then the rest is discarded for
+  LINGER_S before the connection closes (a close on unread data would reset it);
 - responses waiting for slow readers: RESPONSE_MEMORY_MB in total; past it the connection is aborted;
 - send deadline: the kernel's send buffer is capped (SEND_BUFFER_BYTES); a connection whose write buffer has not drained (below the low-water mark) within
   SEND_TIMEOUT_S of filling, or whose response's tail has not left the buffer SEND_TIMEOUT_S after the
