@@ -81,6 +81,7 @@ READ_BYTES = 16 * 1024
 # long before it closes (nginx's lingering close): closing with unread data would send a reset, which can
 # destroy the answer before the client reads it.
 LINGER_S = 2.0
+DRAIN_READ_BYTES = 256 * 1024  # reads while discarding: nothing is kept, so fewer and larger is cheaper
 PROBE_INTERVAL_S = 2.0
 CONNECTION = "pixport.connection"  # the scope["state"] key that carries the request's connection
 HEALTH_PATH = "/api/bg/health"
@@ -237,21 +238,18 @@ class GuardedH11Protocol(H11Protocol):
             self._arm_send_timer()  # the response's tail must reach the client too, even on close
         super().on_response_complete()
         if self.conn.their_state is h11.SEND_BODY and not self.transport.is_closing():
-            # Answered before its body arrived (a refusal): uvicorn discards the rest of the body as it comes,
-            # for at most LINGER_S.
-            self._linger_timer = self.loop.call_later(LINGER_S, self._end_lingering, self.cycle)
-        if (not self.transport.is_closing() and self.cycle is not None and self.cycle.response_complete
-                and not self.transport.get_write_buffer_size()):
+            self._linger()  # answered before its body arrived (a refusal, a 413): no keep-alive after it
+        if (not self.transport.is_closing() and not self.draining and self.cycle is not None
+                and self.cycle.response_complete and not self.transport.get_write_buffer_size()):
             self.waiting[self] = None  # idle until its next request (uvicorn's keep-alive timeout runs)
 
-    def _end_lingering(self, cycle: Any) -> None:
-        self._linger_timer = None
-        if self.cycle is cycle and self.conn.their_state is h11.SEND_BODY:
-            self.transport.close()
-
     def _linger(self) -> None:
-        """Close after a final answer without a reset: half-close, then discard what arrives for LINGER_S."""
+        """Close after a final answer without a reset: half-close, then discard what arrives for LINGER_S
+        (unparsed, in large reads: a flood of refused uploads costs little CPU)."""
         self.draining = True
+        self.waiting.pop(self, None)
+        if hasattr(self.transport, "max_size"):
+            self.transport.max_size = DRAIN_READ_BYTES
         if self.transport.can_write_eof():
             self.transport.write_eof()
         self.transport.resume_reading()
