@@ -51,6 +51,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn_worker import UvicornWorker
 
 from app.config import Config
+from app.services.isnet_tiny_service import release_memory_to_os
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -82,7 +83,11 @@ READ_BYTES = 16 * 1024
 # destroy the answer before the client reads it.
 LINGER_S = 2.0
 DRAIN_READ_BYTES = 256 * 1024  # reads while discarding: nothing is kept, so fewer and larger is cheaper
+# Lingering is itself a resource (reading what a flood sends costs CPU): past this many connections
+# lingering at once, a refused connection is closed at once instead.
+MAX_LINGERING = 64
 PROBE_INTERVAL_S = 2.0
+TRIM_AFTER_CONNECTIONS = 200  # a surge of at least this many connections is followed by a malloc_trim
 CONNECTION = "pixport.connection"  # the scope["state"] key that carries the request's connection
 HEALTH_PATH = "/api/bg/health"
 # Threads that run only bodiless GET/HEAD /api/bg/health from clients, so a platform's probe never queues
@@ -157,6 +162,8 @@ class GuardedH11Protocol(H11Protocol):
     # The worker's connections with no request in flight (a head not yet complete, or idle between
     # requests with nothing left to send), oldest first: the ones a new connection may displace.
     waiting: dict["GuardedH11Protocol", None]
+    lingering: set["GuardedH11Protocol"]  # the worker's connections in a lingering close
+    open: set["GuardedH11Protocol"]  # all of the worker's connections
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -177,6 +184,7 @@ class GuardedH11Protocol(H11Protocol):
         displaced = self._displace_oldest_waiting() if len(self.connections) > self.limits.max_connections else 0
         self.overloaded = len(self.connections) - displaced > self.limits.max_connections
         self.waiting[self] = None
+        self.open.add(self)
         self.app_state = {**self.app_state, CONNECTION: self}
         self._header_timer = self.loop.call_later(self.limits.header_timeout_s, self._header_timeout)
 
@@ -187,6 +195,8 @@ class GuardedH11Protocol(H11Protocol):
         self._header_timer = self._send_timer = self._linger_timer = None
         self.writing_paused = False
         self.waiting.pop(self, None)
+        self.lingering.discard(self)
+        self.open.discard(self)
         super().connection_lost(exc)
 
     def _displace_oldest_waiting(self) -> int:
@@ -248,6 +258,10 @@ class GuardedH11Protocol(H11Protocol):
         (unparsed, in large reads: a flood of refused uploads costs little CPU)."""
         self.draining = True
         self.waiting.pop(self, None)
+        if len(self.lingering) >= MAX_LINGERING:
+            self.transport.close()
+            return
+        self.lingering.add(self)
         if hasattr(self.transport, "max_size"):
             self.transport.max_size = DRAIN_READ_BYTES
         if self.transport.can_write_eof():
@@ -286,7 +300,7 @@ class GuardedH11Protocol(H11Protocol):
 
 
 def guarded_protocol(limits: Limits) -> type[GuardedH11Protocol]:
-    return type("GuardedH11Protocol", (GuardedH11Protocol,), {"limits": limits, "waiting": {}})
+    return type("GuardedH11Protocol", (GuardedH11Protocol,), {"limits": limits, "waiting": {}, "lingering": set(), "open": set()})
 
 
 # --------------------------------------------------------------------------- responses
@@ -627,9 +641,11 @@ class FrontWorker(UvicornWorker):
         limits = Limits.from_config(settings, flask_config.get("MAX_CONTENT_LENGTH"))
         self.front = Front(wsgi_app, max(1, self.cfg.threads), limits, str(settings.upload_folder), self._access)
         self.wsgi = self.front
-        self.config.http = guarded_protocol(limits)
+        self.protocol = guarded_protocol(limits)
+        self.config.http = self.protocol
         self.config.timeout_notify = PROBE_INTERVAL_S
         self._probe: asyncio.Task | None = None
+        self._connections_peak = 0
 
     async def callback_notify(self) -> None:
         """Called by uvicorn every PROBE_INTERVAL_S: beat only if the last probe answered, then probe again."""
@@ -638,7 +654,14 @@ class FrontWorker(UvicornWorker):
             return  # still waiting for a thread, or for the app: no heartbeat
         if probe is None or (not probe.cancelled() and probe.exception() is None and probe.result()):
             self.notify()
-        self._probe = asyncio.get_running_loop().create_task(self.front.probe())
+        loop = asyncio.get_running_loop()
+        self._probe = loop.create_task(self.front.probe())
+        connections = len(self.protocol.open)
+        self._connections_peak = max(self._connections_peak, connections)
+        if self._connections_peak >= TRIM_AFTER_CONNECTIONS and connections < self._connections_peak // 4:
+            # A surge of connections has passed: hand the heap pages its buffers left behind back to the OS.
+            self._connections_peak = connections
+            loop.run_in_executor(None, release_memory_to_os)
 
     def _access(self, scope: Scope, outbox: Outbox, seconds: float) -> None:
         """One access line in gunicorn's access_log_format, through gunicorn's own logger."""
