@@ -154,8 +154,9 @@ class Refused(Exception):
 class GuardedH11Protocol(H11Protocol):
     """uvicorn's h11 protocol plus the connection bound, the header deadline and the send deadline.
 
-    Subclassed per worker with its Limits and its own `waiting` (guarded_protocol). Each request's
-    scope["state"] carries the connection, so the ASGI layers can see whether it may write and abort it.
+    Subclassed per worker with its Limits and its own sets of connections (guarded_protocol). Each
+    request's scope["state"] carries the connection, so the ASGI layers can see whether it may write and
+    abort it.
     """
 
     limits: Limits
