@@ -165,6 +165,7 @@ class GuardedH11Protocol(H11Protocol):
     waiting: dict["GuardedH11Protocol", None]
     lingering: set["GuardedH11Protocol"]  # the worker's connections in a lingering close
     open: set["GuardedH11Protocol"]  # all of the worker's connections
+    displaced: set["GuardedH11Protocol"]  # closed to make room, not yet gone
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -182,8 +183,10 @@ class GuardedH11Protocol(H11Protocol):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
         if hasattr(transport, "max_size"):
             transport.max_size = READ_BYTES  # asyncio's selector transport: the size it passes to recv()
-        displaced = self._displace_oldest_waiting() if len(self.connections) > self.limits.max_connections else 0
-        self.overloaded = len(self.connections) - displaced > self.limits.max_connections
+        if len(self.connections) - len(self.displaced) > self.limits.max_connections:
+            self._displace_oldest_waiting()
+        # Displaced connections close on a later turn of the loop: they no longer count.
+        self.overloaded = len(self.connections) - len(self.displaced) > self.limits.max_connections
         self.waiting[self] = None
         self.open.add(self)
         self.app_state = {**self.app_state, CONNECTION: self}
@@ -197,19 +200,20 @@ class GuardedH11Protocol(H11Protocol):
         self.writing_paused = False
         self.waiting.pop(self, None)
         self.lingering.discard(self)
+        self.displaced.discard(self)
         self.open.discard(self)
         super().connection_lost(exc)
 
-    def _displace_oldest_waiting(self) -> int:
-        """Close the connection that has waited longest for a request; 1 if there was one, else 0."""
+    def _displace_oldest_waiting(self) -> None:
+        """Close the connection that has waited longest for a request, if there is one."""
         while self.waiting:
             oldest = next(iter(self.waiting))
             del self.waiting[oldest]
             if not oldest.transport.is_closing():
                 log.debug("closing %s: %d connections, it waited longest", oldest.client, len(self.connections))
+                self.displaced.add(oldest)
                 oldest.transport.close()
-                return 1
-        return 0
+                return
 
     def data_received(self, data: bytes) -> None:
         if not self.draining:
@@ -301,7 +305,8 @@ class GuardedH11Protocol(H11Protocol):
 
 
 def guarded_protocol(limits: Limits) -> type[GuardedH11Protocol]:
-    return type("GuardedH11Protocol", (GuardedH11Protocol,), {"limits": limits, "waiting": {}, "lingering": set(), "open": set()})
+    registers = {"waiting": {}, "lingering": set(), "open": set(), "displaced": set()}
+    return type("GuardedH11Protocol", (GuardedH11Protocol,), {"limits": limits, **registers})
 
 
 # --------------------------------------------------------------------------- responses

@@ -267,6 +267,24 @@ def test_past_the_connection_bound_the_longest_waiting_connection_makes_room(ser
             sock.close()
 
 
+def test_past_the_connection_bound_a_burst_of_new_clients_is_served(server: str):
+    """MAX_CONNECTIONS idle connections, then 40 new clients at once: each displaces an idle one, even
+    when they arrive before the displaced ones have gone."""
+    idle = [_connect(server) for _ in range(int(LIMITS["MAX_CONNECTIONS"]))]
+    try:
+        time.sleep(0.3)
+        burst = [_connect(server) for _ in range(40)]
+        for sock in burst:
+            sock.sendall(b"GET /api/bg/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        heads = [_answer(sock, within_s=5) for sock in burst]
+        for sock in burst:
+            sock.close()
+        assert [head.split(b"\r\n")[0] for head in heads] == [b"HTTP/1.1 200 OK"] * 40
+    finally:
+        for sock in idle:
+            sock.close()
+
+
 def test_past_the_connection_bound_requests_get_503_but_health_is_served(server: str):
     """MAX_CONNECTIONS connections each in the middle of a request (none to displace): a new request gets
     503 with Retry-After, but a health probe still gets 200."""
