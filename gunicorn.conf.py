@@ -14,12 +14,13 @@ workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
 # thread sees them and hands responses back to the loop, so slow or idle clients hold no thread.
 worker_class = "app.front.FrontWorker"
 # Threads run only fully received requests: the one running inference, MAX_QUEUE (8) waiting uploads, and
-# spares so that /health and /status answer at once under load. Waiting requests hold only their spooled upload.
+# spares so that /status and the watchdog's probe answer at once under load. Waiting requests hold only their spooled upload.
 threads = int(os.environ.get("GUNICORN_THREADS", "12"))
-# The watchdog: the worker beats only when a /api/bg/health request run through its own thread pool has
+# The watchdog: the worker beats only when a /api/bg/health request run through its main thread pool has
 # answered (app/front.py, probed every 2 s), so the arbiter replaces a worker that cannot serve (every
 # thread stuck, a deadlock, a blocked event loop) within `timeout` + 2 s. It is not a per-request limit:
-# health needs one free thread, and GUNICORN_THREADS keeps spares beyond the inference queue.
+# the probe needs one free thread, and GUNICORN_THREADS keeps spares beyond the inference queue. Clients'
+# health checks have two threads of their own.
 timeout = 20
 # On SIGTERM, in-flight requests get this long to finish; railway.toml's drainingSeconds covers it.
 graceful_timeout = 30

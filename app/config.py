@@ -107,6 +107,23 @@ def _spool_max_mb(env: Mapping[str, str], max_file_size_mb: int) -> int:
     return value
 
 
+# The front's numeric settings other than SPOOL_MAX_MB: variable -> (low, high); each default is the Config
+# field of the same name in lower case.
+FRONT_RANGES: dict[str, tuple[float, float]] = {
+    "MAX_CONNECTIONS": (10, 1_000_000), "HEADER_TIMEOUT_S": (0.1, 600.0), "BODY_TIMEOUT_S": (0.1, 3600.0),
+    "SEND_TIMEOUT_S": (0.1, 3600.0), "BODY_MEMORY_MB": (1, 65536), "RESPONSE_MEMORY_MB": (1, 65536),
+}
+
+
+def _front(env: Mapping[str, str], defaults: "Config") -> dict[str, int | float]:
+    """The FRONT_RANGES settings as Config keyword arguments, each of its default's type."""
+    settings: dict[str, int | float] = {}
+    for name, (low, high) in FRONT_RANGES.items():
+        default = getattr(defaults, name.lower())
+        settings[name.lower()] = _number(env, name, default, type(default)(low), type(default)(high))
+    return settings
+
+
 def base64_length(size: int) -> int:
     """Characters of base64 (with padding) that encode `size` bytes."""
     return (size + 2) // 3 * 4
@@ -142,10 +159,13 @@ class Config:
     image_url_allow_private: bool = False
     image_url_timeout_s: float = 10.0
     # The HTTP front (app/front.py, docs/operations.md "Slow clients"): bounds no client can push past.
+    # Connections served before a new one displaces the longest-waiting one (or gets 503).
     max_connections: int = 2000
+    # Deadlines: connect -> complete head; head -> whole body (408); a full send buffer -> drained (abort).
     header_timeout_s: float = 10.0
     body_timeout_s: float = 60.0
     send_timeout_s: float = 30.0
+    # Totals for all connections together: bodies in memory, bodies spooled to disk, responses queued.
     body_memory_mb: int = 16
     spool_max_mb: int = 256
     response_memory_mb: int = 32
@@ -214,11 +234,6 @@ class Config:
             cors_origins=_origins(env, "CORS_ORIGINS"),
             image_url_allow_private=_flag(env, "IMAGE_URL_ALLOW_PRIVATE"),
             image_url_timeout_s=_number(env, "IMAGE_URL_TIMEOUT_S", 10.0, 0.1, 60.0),
-            max_connections=_number(env, "MAX_CONNECTIONS", 2000, 10, 1_000_000),
-            header_timeout_s=_number(env, "HEADER_TIMEOUT_S", 10.0, 0.1, 600.0),
-            body_timeout_s=_number(env, "BODY_TIMEOUT_S", 60.0, 0.1, 3600.0),
-            send_timeout_s=_number(env, "SEND_TIMEOUT_S", 30.0, 0.1, 3600.0),
-            body_memory_mb=_number(env, "BODY_MEMORY_MB", 16, 1, 65536),
             spool_max_mb=_spool_max_mb(env, max_file_size_mb),
-            response_memory_mb=_number(env, "RESPONSE_MEMORY_MB", 32, 1, 65536),
+            **_front(env, defaults),
         )

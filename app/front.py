@@ -4,21 +4,29 @@ A thread only ever runs a request that has fully arrived, and never waits on a c
 on the event loop first (BufferedBodies), and responses are handed to the event loop, which writes them
 as fast as the client reads (Outbox). Every resource a client can hold has a bound (Limits):
 
-- connections: past MAX_CONNECTIONS a connection's request gets 503 with Retry-After;
+- connections: past MAX_CONNECTIONS a new connection closes the one that has waited longest for a
+  request (idle, or a head still arriving), as nginx reuses idle connections when it runs out; if every
+  connection has a request in flight, the new one's request gets 503 with Retry-After, except
+  GET /api/bg/health, which a platform's probe must still get through a connection flood;
 - header deadline: a connection whose request head has not arrived HEADER_TIMEOUT_S after it opened is
   closed (uvicorn's keep-alive timeout covers the time between requests; h11 bounds the head's size);
 - body deadline: a body not fully arrived BODY_TIMEOUT_S after its head gets 408;
 - request bodies: small ones in memory up to BODY_MEMORY_MB in total, the rest in anonymous temp files in
   UPLOAD_FOLDER up to SPOOL_MAX_MB in total, reserved by Content-Length before a byte is read; past
-  either a request gets 503 with Retry-After at once;
+  either a request gets 503 with Retry-After at once. Sockets are read READ_BYTES at a time, and not past
+  a request head until the app asks for the body, so what no budget counts is about one read per
+  connection; a request refused while its body is arriving is answered, then the rest is discarded for
+  LINGER_S before the connection closes (a close on unread data would reset it);
 - responses waiting for slow readers: RESPONSE_MEMORY_MB in total; past it the connection is aborted;
 - send deadline: the kernel's send buffer is capped (SEND_BUFFER_BYTES); a connection whose write buffer has not drained (below the low-water mark) within
   SEND_TIMEOUT_S of filling, or whose response's tail has not left the buffer SEND_TIMEOUT_S after the
   response ended, is aborted, which releases every writer waiting on it (nginx's send_timeout).
 
 The worker's heartbeat means "can serve": it is sent only when a /api/bg/health request, run through
-this whole stack and the thread pool, has completed since the last one. A worker whose threads are all
-stuck (or whose event loop is) stops beating, and gunicorn's arbiter replaces it after `timeout`.
+BufferedBodies and the main thread pool, has completed since the last one. A worker whose threads are all
+stuck (or whose event loop is) stops beating, and gunicorn's arbiter replaces it after `timeout`. Clients'
+health checks run on HEALTH_THREADS threads of their own, so that they never queue behind other requests,
+and answer 503 once the watchdog's probe has waited STUCK_AFTER_S.
 
 gunicorn.conf.py selects it: worker_class = "app.front.FrontWorker".
 """
@@ -65,8 +73,29 @@ MAX_HEAD_BYTES = 16 * 1024
 # a client that stops reading can park megabytes per connection in kernel memory, which a container's
 # memory limit counts, and the send deadline would never see a full buffer.
 SEND_BUFFER_BYTES = 64 * 1024
+# One read from a socket (asyncio's default is 256 KB). Reading stops once a request head has arrived, until
+# the request is admitted and its body is asked for, so a connection holds at most about one read that no
+# budget counts: 1,000 stalled uploads hold ~16 MB here, where 256 KB reads held 400 MB (docs/performance.md).
+READ_BYTES = 16 * 1024
+# After refusing a request whose body is still arriving, the connection reads and discards for up to this
+# long before it closes (nginx's lingering close): closing with unread data would send a reset, which can
+# destroy the answer before the client reads it.
+LINGER_S = 2.0
+DRAIN_READ_BYTES = 256 * 1024  # reads while discarding: nothing is kept, so fewer and larger is cheaper
+# Lingering is itself a resource (reading what a flood sends costs CPU): past this many connections
+# lingering at once, a refused connection is closed at once instead.
+MAX_LINGERING = 64
 PROBE_INTERVAL_S = 2.0
+TRIM_AFTER_CONNECTIONS = 200  # a surge of at least this many connections is followed by a malloc_trim
 CONNECTION = "pixport.connection"  # the scope["state"] key that carries the request's connection
+HEALTH_PATH = "/api/bg/health"
+# Threads that run only bodiless GET/HEAD /api/bg/health from clients, so a platform's probe never queues
+# behind a flood of other requests for the GUNICORN_THREADS pool. The watchdog's own probe goes through
+# that main pool, so a worker whose main threads are stuck still stops beating and is replaced.
+HEALTH_THREADS = 2
+# Past this wait for the watchdog's probe, the main pool counts as stuck and client health checks get 503
+# (the worker is about to be replaced) rather than a 200 from the health threads.
+STUCK_AFTER_S = 5.0
 
 log = logging.getLogger(__name__)
 
@@ -124,11 +153,18 @@ class Refused(Exception):
 class GuardedH11Protocol(H11Protocol):
     """uvicorn's h11 protocol plus the connection bound, the header deadline and the send deadline.
 
-    Subclassed per worker with its Limits (guarded_protocol). Each request's scope["state"] carries the
-    connection, so the ASGI layers can see whether it may write and abort it.
+    Subclassed per worker with its Limits and its own sets of connections (guarded_protocol). Each
+    request's scope["state"] carries the connection, so the ASGI layers can see whether it may write and
+    abort it.
     """
 
     limits: Limits
+    # The worker's connections with no request in flight (a head not yet complete, or idle between
+    # requests with nothing left to send), oldest first: the ones a new connection may displace.
+    waiting: dict["GuardedH11Protocol", None]
+    lingering: set["GuardedH11Protocol"]  # the worker's connections in a lingering close
+    open: set["GuardedH11Protocol"]  # all of the worker's connections
+    displaced: set["GuardedH11Protocol"]  # closed to make room, not yet gone
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -136,29 +172,62 @@ class GuardedH11Protocol(H11Protocol):
         self.writing_paused = False
         self._header_timer: asyncio.TimerHandle | None = None
         self._send_timer: asyncio.TimerHandle | None = None
+        self._linger_timer: asyncio.TimerHandle | None = None
+        self.draining = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
-        self.overloaded = len(self.connections) > self.limits.max_connections
+        if hasattr(transport, "max_size"):
+            transport.max_size = READ_BYTES  # asyncio's selector transport: the size it passes to recv()
+        if len(self.connections) - len(self.displaced) > self.limits.max_connections:
+            self._displace_oldest_waiting()
+        # Displaced connections close on a later turn of the loop: they no longer count.
+        self.overloaded = len(self.connections) - len(self.displaced) > self.limits.max_connections
+        self.waiting[self] = None
+        self.open.add(self)
         self.app_state = {**self.app_state, CONNECTION: self}
         self._header_timer = self.loop.call_later(self.limits.header_timeout_s, self._header_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        for timer in (self._header_timer, self._send_timer):
+        for timer in (self._header_timer, self._send_timer, self._linger_timer):
             if timer is not None:
                 timer.cancel()
-        self._header_timer = self._send_timer = None
+        self._header_timer = self._send_timer = self._linger_timer = None
         self.writing_paused = False
+        self.waiting.pop(self, None)
+        self.lingering.discard(self)
+        self.displaced.discard(self)
+        self.open.discard(self)
         super().connection_lost(exc)
+
+    def _displace_oldest_waiting(self) -> None:
+        """Close the connection that has waited longest for a request, if there is one."""
+        while self.waiting:
+            oldest = next(iter(self.waiting))
+            del self.waiting[oldest]
+            if not oldest.transport.is_closing():
+                log.debug("closing %s: %d connections, it waited longest", oldest.client, len(self.connections))
+                self.displaced.add(oldest)
+                oldest.transport.close()
+                return
+
+    def data_received(self, data: bytes) -> None:
+        if not self.draining:
+            super().data_received(data)
 
     def handle_events(self) -> None:
         super().handle_events()
-        if self.cycle is not None and self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
+        if self.cycle is not None and not self.cycle.response_complete:
+            # A request is in flight: read its body only when the app asks for it (uvicorn's receive()
+            # resumes reading), so a request refused by a budget or the bound reads nothing more.
+            self.flow.pause_reading()
+            self.waiting.pop(self, None)
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
 
     def _header_timeout(self) -> None:
         self._header_timer = None
@@ -182,6 +251,27 @@ class GuardedH11Protocol(H11Protocol):
         if self.transport.get_write_buffer_size():
             self._arm_send_timer()  # the response's tail must reach the client too, even on close
         super().on_response_complete()
+        if self.conn.their_state is h11.SEND_BODY and not self.transport.is_closing():
+            self._linger()  # answered before its body arrived (a refusal, a 413): no keep-alive after it
+        if (not self.transport.is_closing() and not self.draining and self.cycle is not None
+                and self.cycle.response_complete and not self.transport.get_write_buffer_size()):
+            self.waiting[self] = None  # idle until its next request (uvicorn's keep-alive timeout runs)
+
+    def _linger(self) -> None:
+        """Close after a final answer without a reset: half-close, then discard what arrives for LINGER_S
+        (unparsed, in large reads: a flood of refused uploads costs little CPU)."""
+        self.draining = True
+        self.waiting.pop(self, None)
+        if len(self.lingering) >= MAX_LINGERING:
+            self.transport.close()
+            return
+        self.lingering.add(self)
+        if hasattr(self.transport, "max_size"):
+            self.transport.max_size = DRAIN_READ_BYTES
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.transport.resume_reading()
+        self._linger_timer = self.loop.call_later(LINGER_S, self.transport.close)
 
     def _arm_send_timer(self) -> None:
         if self._send_timer is None:
@@ -210,11 +300,12 @@ class GuardedH11Protocol(H11Protocol):
                    (b"connection", b"close")]
         for event in (h11.Response(status_code=status, headers=headers), h11.Data(data=body), h11.EndOfMessage()):
             self.transport.write(self.conn.send(event))
-        self.transport.close()
+        self._linger()
 
 
 def guarded_protocol(limits: Limits) -> type[GuardedH11Protocol]:
-    return type("GuardedH11Protocol", (GuardedH11Protocol,), {"limits": limits})
+    registers = {"waiting": {}, "lingering": set(), "open": set(), "displaced": set()}
+    return type("GuardedH11Protocol", (GuardedH11Protocol,), {"limits": limits, **registers})
 
 
 # --------------------------------------------------------------------------- responses
@@ -377,7 +468,7 @@ class BufferedBodies:
                                 f"the request body did not arrive within {self.limits.body_timeout_s:.0f} s")
                 return
             except Refused as refused:
-                await send_json(send, refused.status, refused.message, retry_after=RETRY_AFTER_S)
+                await send_json(send, refused.status, refused.message, retry_after=RETRY_AFTER_S, close=False)
                 return
             if received is None:
                 return  # the client went away
@@ -432,10 +523,13 @@ def _replay(spool: IO[bytes], receive: Receive) -> Receive:
     return replay
 
 
-async def send_json(send: Send, status: int, message: str, retry_after: int | None = None) -> None:
+async def send_json(send: Send, status: int, message: str, retry_after: int | None = None,
+                    close: bool = True) -> None:
+    """A JSON error; close=False keeps the connection, so a body still arriving is discarded, not reset."""
     body = json.dumps({"error": message}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-               (b"connection", b"close")]
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if close:
+        headers.append((b"connection", b"close"))
     if retry_after is not None:
         headers.append((b"retry-after", str(retry_after).encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -446,6 +540,14 @@ async def send_json(send: Send, status: int, message: str, retry_after: int | No
 
 
 AccessLog = Callable[[Scope, Outbox, float], None]
+
+
+def _is_health(scope: Scope) -> bool:
+    """A bodiless GET or HEAD of /api/bg/health: what a platform's health probe sends."""
+    if scope["path"] != HEALTH_PATH or scope["method"] not in ("GET", "HEAD"):
+        return False
+    headers = dict((name.lower(), value) for name, value in scope.get("headers", []))
+    return b"transfer-encoding" not in headers and headers.get(b"content-length", b"0") == b"0"
 
 
 class Front:
@@ -459,7 +561,13 @@ class Front:
         self.responses = Budget(limits.response_memory_bytes)
         self.bodies = BufferedBodies(WSGIMiddleware(_with_file_wrapper(wsgi_app), workers=threads), limits, spool_dir,
                                      self.memory, self.disk)
+        self.health = WSGIMiddleware(wsgi_app, workers=HEALTH_THREADS)
         self.access_log = access_log
+        self.probe_since: float | None = None  # when the pending watchdog probe started
+
+    def stuck(self) -> bool:
+        """The watchdog's probe has waited over STUCK_AFTER_S for the main pool."""
+        return self.probe_since is not None and time.monotonic() - self.probe_since > STUCK_AFTER_S
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         conn = scope.get("state", {}).get(CONNECTION)
@@ -469,26 +577,30 @@ class Front:
         started = time.monotonic()
         outbox = Outbox(send, conn, self.responses)
         names = [name.lower() for name, _ in scope.get("headers", [])]
+        health = _is_health(scope)
         try:
-            if conn.overloaded:
+            if conn.overloaded and not health:
                 await send_json(outbox.send, 503, "the server has too many open connections; try again shortly",
-                                retry_after=RETRY_AFTER_S)
+                                retry_after=RETRY_AFTER_S, close=False)
             elif sum(len(name) + len(value) + 4 for name, value in scope.get("headers", [])) > MAX_HEAD_BYTES:
                 await send_json(outbox.send, 431, "the request's header fields are too large")
+            elif health and self.stuck():
+                await send_json(outbox.send, 503, "the server cannot serve requests now (its threads are stuck); "
+                                "it is being restarted", retry_after=RETRY_AFTER_S)
             elif b"content-length" in names and b"transfer-encoding" in names:
                 # h11 lets Transfer-Encoding win; a proxy in front may not (request smuggling): refuse both.
                 await send_json(outbox.send, 400, "a request may not have both Content-Length and Transfer-Encoding")
             else:
-                await self.bodies(scope, receive, outbox.send)
+                await (self.health if health else self.bodies)(scope, receive, outbox.send)
         finally:
             await outbox.flushed()
             if self.access_log is not None:
                 self.access_log(scope, outbox, time.monotonic() - started)
 
     async def probe(self) -> bool:
-        """Run GET /api/bg/health through the stack and the thread pool: True once it has answered."""
+        """Run GET /api/bg/health through BufferedBodies and the main thread pool: True once it has answered."""
         scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
-                 "scheme": "http", "path": "/api/bg/health", "raw_path": b"/api/bg/health", "query_string": b"",
+                 "scheme": "http", "path": HEALTH_PATH, "raw_path": HEALTH_PATH.encode(), "query_string": b"",
                  "root_path": "", "headers": [(b"host", b"localhost"), (b"x-request-id", b"watchdog")],
                  "client": ("127.0.0.1", 0), "server": ("127.0.0.1", 0), "state": {}}
         answered = False
@@ -500,7 +612,11 @@ class Front:
             nonlocal answered
             answered = answered or (message["type"] == "http.response.body" and not message.get("more_body"))
 
-        await self(scope, receive, send)
+        self.probe_since = time.monotonic()
+        try:
+            await self(scope, receive, send)
+        finally:
+            self.probe_since = None
         return answered
 
 
@@ -530,9 +646,11 @@ class FrontWorker(UvicornWorker):
         limits = Limits.from_config(settings, flask_config.get("MAX_CONTENT_LENGTH"))
         self.front = Front(wsgi_app, max(1, self.cfg.threads), limits, str(settings.upload_folder), self._access)
         self.wsgi = self.front
-        self.config.http = guarded_protocol(limits)
+        self.protocol = guarded_protocol(limits)
+        self.config.http = self.protocol
         self.config.timeout_notify = PROBE_INTERVAL_S
         self._probe: asyncio.Task | None = None
+        self._connections_peak = 0
 
     async def callback_notify(self) -> None:
         """Called by uvicorn every PROBE_INTERVAL_S: beat only if the last probe answered, then probe again."""
@@ -541,7 +659,17 @@ class FrontWorker(UvicornWorker):
             return  # still waiting for a thread, or for the app: no heartbeat
         if probe is None or (not probe.cancelled() and probe.exception() is None and probe.result()):
             self.notify()
-        self._probe = asyncio.get_running_loop().create_task(self.front.probe())
+        loop = asyncio.get_running_loop()
+        self._probe = loop.create_task(self.front.probe())
+        connections = len(self.protocol.open)
+        self._connections_peak = max(self._connections_peak, connections)
+        if self._connections_peak >= TRIM_AFTER_CONNECTIONS and connections < self._connections_peak // 4:
+            # A surge of connections has passed: hand the heap pages its buffers left behind back to the OS.
+            # Imported here: gunicorn's arbiter imports this module, and the service module brings onnxruntime
+            # (35 -> 71 MB RSS for a bare interpreter importing app.front, measured).
+            from app.services.isnet_tiny_service import release_memory_to_os
+            self._connections_peak = connections
+            loop.run_in_executor(None, release_memory_to_os)
 
     def _access(self, scope: Scope, outbox: Outbox, seconds: float) -> None:
         """One access line in gunicorn's access_log_format, through gunicorn's own logger."""

@@ -1,14 +1,14 @@
 """Replay issue 10's hostile list against the deployed server and print whole-server peak RSS per case.
 
 Each case gets a fresh server started as deployed: `gunicorn -c gunicorn.conf.py app_isnet_tiny:app` with the
-Dockerfile's runtime ENV (MALLOC_ARENA_MAX=2, GLIBC_TUNABLES=glibc.malloc.hugetlb=1, FLASK_ENV=production,
-PYTHONUNBUFFERED/PYTHONDONTWRITEBYTECODE) and BG_MODEL/MODEL_DIR. One ordinary upload loads the model first, then
+runtime ENV read from Dockerfile.isnet-tiny (MALLOC_ARENA_MAX, GLIBC_TUNABLES, ORT_THREADS=auto, PRELOAD_MODEL,
+FLASK_ENV=production, ...) and BG_MODEL/MODEL_DIR. One ordinary upload loads the model first, then
 the case runs; whole-server peak = VmHWM of the gunicorn master + VmHWM of its worker (an upper bound on the
 peak of their sum). Inputs are generated once into bench/out/hostile-inputs/.
 
     .venv/bin/python bench/hostile.py [--model isnet-general-tiny] [--model-dir /work/models]
-        [--port 6050] [--cases a,b,...] [--worker gthread] [--json OUT]
-    .venv/bin/python bench/hostile.py --front [--connections 1000] [--seconds 30] [--cases ...]
+        [--port 6050] [--case PREFIX ...] [--worker gthread] [--json OUT]
+    .venv/bin/python bench/hostile.py --front [--connections 1000] [--idle 3000] [--seconds 30] [--case PREFIX ...]
         [--target http://127.0.0.1:8080]
 
 --worker overrides gunicorn's worker class through GUNICORN_CMD_ARGS, to compare with the old gthread front.
@@ -42,16 +42,13 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+import compare_rembg  # noqa: E402
 import slow_attacks  # noqa: E402
 
 INPUTS = common.BENCH / "out" / "hostile-inputs"
-DEPLOYED_ENV = {
-    "MALLOC_ARENA_MAX": "2",
-    "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1",
-    "FLASK_ENV": "production",
-    "PYTHONUNBUFFERED": "1",
-    "PYTHONDONTWRITEBYTECODE": "1",
-}
+# The Dockerfile's runtime ENV, read from the Dockerfile itself (less the image's own paths and port).
+DEPLOYED_ENV = {key: value for key, value in compare_rembg.dockerfile_runtime_env().items()
+                if key not in compare_rembg.NOT_FROM_DOCKERFILE}
 TIMEOUT_S = 180
 
 
@@ -441,13 +438,13 @@ def table(results: list[dict]) -> str:
 def run_front_case(args: argparse.Namespace, name: str, photo: bytes, port: int) -> dict:
     logs = Path(tempfile.mkdtemp(prefix="bench-front-"))
     if args.target:
-        attack = slow_attacks.attacks(args.target, args.connections, args.seconds, logs)[name]()
+        attack = slow_attacks.attacks(args.target, args.connections, args.seconds, logs, args.idle)[name]()
         result = slow_attacks.run_attack(attack, args.target, args.seconds, photo, None)
         notes: list[str] = []
     else:
         with _server(args, port) as server:
             _post(server.base, "/api/bg/remove", {"file": ("p.jpg", photo)})  # the model loaded, as in service
-            attack = slow_attacks.attacks(server.base, args.connections, args.seconds, logs)[name]()
+            attack = slow_attacks.attacks(server.base, args.connections, args.seconds, logs, args.idle)[name]()
             result = slow_attacks.run_attack(attack, server.base, args.seconds, photo, server)
             server.check_worker()
             notes = server.notes
@@ -456,31 +453,43 @@ def run_front_case(args: argparse.Namespace, name: str, photo: bytes, port: int)
     return result
 
 
+def run_all(args: argparse.Namespace, title: str, names: list[str], run_one: Callable[[str, int], dict],
+            render: Callable[[list[dict]], str], failed: Callable[[dict], bool]) -> int:
+    """Run each named case on its own port, print each result as a JSON line, then the table; 1 if any failed."""
+    print(f"# {title}")
+    print(f"# {common.machine()}")
+    print(f"# {common.command_line()}")
+    results = []
+    for index, name in enumerate(names):
+        result = run_one(name, args.port + index % 10)
+        results.append(result)
+        print(json.dumps(result), flush=True)
+    print()
+    print(render(results))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"machine": common.machine(), "command": common.command_line(),
+                                         "results": results}, indent=2))
+    return 1 if any(failed(r) for r in results) else 0
+
+
+def selected(names: list[str], prefixes: list[str]) -> list[str]:
+    """The names that start with one of `prefixes` (all of them if there is none)."""
+    return [n for n in names if not prefixes or any(n.startswith(p) for p in prefixes)]
+
+
 def front(args: argparse.Namespace) -> int:
     if not slow_attacks.have_slowhttptest():
         print("slowhttptest is not installed (Debian package slowhttptest)")
         return 1
     photo = inputs()["photo-1024.jpg"]
     base = args.target or "http://127.0.0.1:0"
-    wanted = [p.strip() for p in args.cases.split(",") if p.strip()]
-    names = [n for n in slow_attacks.attacks(base, args.connections, args.seconds, Path("."))
-             if not wanted or any(n.startswith(p) for p in wanted)]
-    print(f"# bench/hostile.py --front, model {args.model}, {args.connections} connections, {args.seconds:.0f} s "
-          f"each, target {args.target or 'a fresh deployed server per attack'}")
-    print(f"# {common.machine()}")
-    print(f"# {common.command_line()}")
-    results = []
-    for index, name in enumerate(names):
-        result = run_front_case(args, name, photo, args.port + index % 10)
-        results.append(result)
-        print(json.dumps(result), flush=True)
-    print()
-    print(slow_attacks.table(results))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"machine": common.machine(), "command": common.command_line(),
-                                         "results": results}, indent=2))
-    return 1 if any(r["missed"] for r in results) else 0
+    names = selected(list(slow_attacks.attacks(base, args.connections, args.seconds, Path("."), args.idle)),
+                     args.cases)
+    title = (f"bench/hostile.py --front, model {args.model}, {args.connections} connections, {args.seconds:.0f} s "
+             f"each, target {args.target or 'a fresh deployed server per attack'}")
+    return run_all(args, title, names, lambda name, port: run_front_case(args, name, photo, port),
+                   slow_attacks.table, lambda r: bool(r["missed"]))
 
 
 def main() -> int:
@@ -488,11 +497,14 @@ def main() -> int:
     parser.add_argument("--model", default="isnet-general-tiny")
     parser.add_argument("--model-dir", type=Path, default=Path(os.environ.get("MODEL_DIR", "/work/models")))
     parser.add_argument("--port", type=int, default=6050)
-    parser.add_argument("--cases", default="", help="comma-separated case name prefixes; default all")
+    parser.add_argument("--case", "--cases", dest="cases", action="append", default=[],
+                        help="a case name prefix (repeat for more; names contain commas); default all")
     parser.add_argument("--worker", default="", help="override gunicorn's worker class (e.g. gthread)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--front", action="store_true", help="attack the HTTP front (bench/slow_attacks.py)")
     parser.add_argument("--connections", type=int, default=1000, help="--front: hostile connections")
+    parser.add_argument("--idle", type=int, default=0,
+                        help="--front: connections of the idle/half-header flood (default 3 x --connections)")
     parser.add_argument("--seconds", type=float, default=30.0, help="--front: each attack's duration")
     parser.add_argument("--target", default="", help="--front: attack this running server instead")
     args = parser.parse_args()
@@ -504,23 +516,9 @@ def main() -> int:
     if args.front:
         return front(args)
     data = inputs()
-    wanted = [p.strip() for p in args.cases.split(",") if p.strip()]
-    names = [n for n in CASES if not wanted or any(n.startswith(p) for p in wanted)]
-    print(f"# bench/hostile.py, model {args.model}, worker {args.worker or 'gunicorn.conf.py'}")
-    print(f"# {common.machine()}")
-    print(f"# {common.command_line()}")
-    results = []
-    for index, name in enumerate(names):
-        result = run_case(args, name, data, args.port + index % 10)
-        results.append(result)
-        print(json.dumps(result), flush=True)
-    print()
-    print(table(results))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"machine": common.machine(), "command": common.command_line(),
-                                         "results": results}, indent=2))
-    return 1 if any(r["failed"] for r in results) else 0
+    return run_all(args, f"bench/hostile.py, model {args.model}, worker {args.worker or 'gunicorn.conf.py'}",
+                   selected(list(CASES), args.cases), lambda name, port: run_case(args, name, data, port),
+                   table, lambda r: bool(r["failed"]))
 
 
 if __name__ == "__main__":

@@ -87,9 +87,10 @@ FLOODS: dict[str, tuple[str, Callable[[int], list[bytes]]]] = {
         "150 connections send 7.9 MB of an 8 MB upload, then stall",
         lambda n: [_upload_head(8_000_000) + b"x" * 7_900_000] * 150),
     "flood: idle and half-header connections": (
-        "1.5 N connections send nothing and 1.5 N send half a header line, then stall",
-        lambda n: [b""] * (3 * n // 2) + [b"GET /api/bg/health HTTP/1.1\r\nHost: x\r\nX-Ha"] * (3 * n // 2)),
+        "N/2 connections send nothing and N/2 send half a header line, then stall",
+        lambda n: [b""] * (n // 2) + [b"GET /api/bg/health HTTP/1.1\r\nHost: x\r\nX-Ha"] * (n - n // 2)),
 }
+IDLE_FLOOD = "flood: idle and half-header connections"
 
 
 def flood(name: str, base: str, connections: int) -> Attack:
@@ -267,14 +268,17 @@ def run_attack(attack: Attack, base: str, seconds: float, photo: bytes, server: 
     }
 
 
-def attacks(base: str, connections: int, seconds: float, logs: Path) -> dict[str, Callable[[], Attack]]:
-    """Every attack by name, each made fresh when called."""
+def attacks(base: str, connections: int, seconds: float, logs: Path,
+            idle: int = 0) -> dict[str, Callable[[], Attack]]:
+    """Every attack by name, each made fresh when called; the idle flood has `idle` connections (default 3 x
+    `connections`, past the front's MAX_CONNECTIONS)."""
     made: dict[str, Callable[[], Attack]] = {}
     for mode in SLOWHTTPTEST_MODES:
         made[f"slowhttptest {mode}"] = (lambda m: lambda: slowhttptest(
             m, base, connections, seconds, logs / f"slowhttptest{m.split()[0]}{m[-1]}.log"))(mode)
     for name in FLOODS:
-        made[name] = (lambda n: lambda: flood(n, base, connections))(name)
+        size = (idle or 3 * connections) if name == IDLE_FLOOD else connections
+        made[name] = (lambda n, size: lambda: flood(n, base, size))(name, size)
     return made
 
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import re
 import socket
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,7 +20,8 @@ import pytest
 import requests
 from PIL import Image
 
-from app.front import Budget, BufferedBodies, Limits
+from app.config import Config, ConfigError
+from app.front import LINGER_S, PROBE_INTERVAL_S, STUCK_AFTER_S, Budget, BufferedBodies, Limits
 from tests.conftest import gunicorn, image_bytes, photo, wait_healthy
 
 THREADS = 12  # gunicorn.conf.py's default GUNICORN_THREADS
@@ -148,30 +149,35 @@ def test_a_header_that_never_finishes_and_an_idle_connection_are_closed(server: 
 
 
 def test_slowloris_clients_are_dropped_and_do_not_starve_health(server: str):
-    stop = threading.Event()
-
-    def slow_header() -> None:
-        with _connect(server) as sock:
-            sock.sendall(b"POST /api/bg/remove HTTP/1.1\r\nHost: x\r\n")
-            index = 0
-            while not stop.wait(0.3):
-                try:
-                    sock.sendall(f"X-Slow-{index}: 1\r\n".encode())
-                except OSError:
-                    return  # closed by the header deadline
-                index += 1
-
-    threads = [threading.Thread(target=slow_header, daemon=True) for _ in range(2 * THREADS)]
-    for thread in threads:
-        thread.start()
-    try:
-        time.sleep(0.5)
-        assert max(_health_s(server) for _ in range(3)) < 1.0
-        _upload(server)
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=5)
+    """Clients that send a header line every 0.3 s forever: health and uploads are served meanwhile, and
+    each slow client is closed by the header deadline (its head never completes)."""
+    deadline_s = float(LIMITS["HEADER_TIMEOUT_S"])
+    socks = [_connect(server) for _ in range(2 * THREADS)]
+    for sock in socks:
+        sock.sendall(b"POST /api/bg/remove HTTP/1.1\r\nHost: x\r\n")
+    opened = time.monotonic()
+    open_socks = list(socks)
+    checked_health = False
+    for line in range(100):
+        if not open_socks or time.monotonic() - opened > deadline_s + 3:
+            break
+        time.sleep(0.3)
+        for sock in list(open_socks):
+            try:
+                sock.sendall(f"X-Slow-{line}: 1\r\n".encode())
+                if sock.recv(1, socket.MSG_DONTWAIT | socket.MSG_PEEK) == b"":
+                    open_socks.remove(sock)  # closed by the server
+            except BlockingIOError:
+                pass  # still open
+            except OSError:
+                open_socks.remove(sock)  # reset by the server
+        if not checked_health:
+            assert max(_health_s(server) for _ in range(3)) < 1.0
+            _upload(server)
+            checked_health = True
+    for sock in socks:
+        sock.close()
+    assert checked_health and open_socks == [], f"{len(open_socks)} slow clients still open"
 
 
 def test_a_stalled_body_gets_408(server: str):
@@ -201,6 +207,17 @@ def _answer(sock: socket.socket, within_s: float) -> bytes:
     return received.partition(b"\r\n\r\n")[0]
 
 
+def _held_upload(base: str, declared: int) -> socket.socket:
+    """A stalled upload the server accepted; the previous test's spool is released just after its answer,
+    so a refusal is retried for a moment."""
+    for _ in range(10):
+        sock = _partial_upload(base, declared=declared, sent=100_000)
+        if _answer(sock, within_s=0.5) == b"":
+            return sock
+        sock.close()
+    raise AssertionError("the spool budget was never free")
+
+
 def test_partial_bodies_are_held_within_the_memory_budget(served: tuple[str, psutil.Process]):
     """150 uploads that stall after 500 KB each would hold 75 MB in memory without a total; BODY_MEMORY_MB=4
     keeps a few in memory, SPOOL_MAX_MB=12 a few more on disk, and the rest get 503 with Retry-After."""
@@ -222,8 +239,7 @@ def test_partial_bodies_are_held_within_the_memory_budget(served: tuple[str, psu
 def test_spooled_bodies_are_held_within_the_disk_budget(server: str):
     """An 8 MB upload reserves its length on disk before a byte is read: with SPOOL_MAX_MB=12 a second one
     is refused at once, and the room comes back when the first goes away."""
-    first = _partial_upload(server, declared=8_000_000, sent=100_000)
-    assert _answer(first, within_s=0.5) == b""  # accepted: still waiting for its body
+    first = _held_upload(server, declared=8_000_000)  # accepted: still waiting for its body
     second = _partial_upload(server, declared=8_000_000, sent=0)
     head = _answer(second, within_s=2)
     second.close()
@@ -234,17 +250,64 @@ def test_spooled_bodies_are_held_within_the_disk_budget(server: str):
     assert big.status_code == 415  # spooled and read whole: the app refused what it is, not its size
 
 
-def test_connections_past_the_bound_get_503_with_retry_after(server: str):
+def test_a_refused_upload_gets_its_answer_not_a_reset(server: str):
+    """An upload refused while its body is still streaming in: the server discards the rest for LINGER_S
+    rather than closing on unread data (which resets the connection and can destroy the 503)."""
+    first = _held_upload(server, declared=8_000_000)  # holds 8 of the 12 MB of spool
+    second = _partial_upload(server, declared=8_000_000, sent=3_000_000)  # refused; sent whole, then stalls
+    closed, received = _closed_by_server(second, within_s=LINGER_S + 2)
+    first.close()
+    second.close()
+    assert received.startswith(b"HTTP/1.1 503 ") and b"retry-after: 5" in received.lower()
+    assert closed  # and it does not stay open
+
+
+def test_past_the_connection_bound_the_longest_waiting_connection_makes_room(server: str):
+    """MAX_CONNECTIONS idle connections: a new client is served, and the oldest idle one is closed for it."""
     idle = [_connect(server) for _ in range(int(LIMITS["MAX_CONNECTIONS"]))]
     try:
-        response = requests.get(f"{server}/api/bg/health", timeout=5)
-        assert response.status_code == 503 and response.headers["Retry-After"] == "5"
-        assert "too many open connections" in response.json()["error"]
+        time.sleep(0.3)
+        assert requests.get(f"{server}/api/bg/status", timeout=5).status_code == 200
+        assert _closed_by_server(idle[0], within_s=1)[0]
+        assert not _closed_by_server(idle[-1], within_s=0.2)[0]
     finally:
         for sock in idle:
             sock.close()
+
+
+def test_past_the_connection_bound_a_burst_of_new_clients_is_served(server: str):
+    """MAX_CONNECTIONS idle connections, then 40 new clients at once: each displaces an idle one, even
+    when they arrive before the displaced ones have gone."""
+    idle = [_connect(server) for _ in range(int(LIMITS["MAX_CONNECTIONS"]))]
+    try:
+        time.sleep(0.3)
+        burst = [_connect(server) for _ in range(40)]
+        for sock in burst:
+            sock.sendall(b"GET /api/bg/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        heads = [_answer(sock, within_s=5) for sock in burst]
+        for sock in burst:
+            sock.close()
+        assert [head.split(b"\r\n")[0] for head in heads] == [b"HTTP/1.1 200 OK"] * 40
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_past_the_connection_bound_requests_get_503_but_health_is_served(server: str):
+    """MAX_CONNECTIONS connections each in the middle of a request (none to displace): a new request gets
+    503 with Retry-After, but a health probe still gets 200."""
+    busy = [_partial_upload(server, declared=1000, sent=10) for _ in range(int(LIMITS["MAX_CONNECTIONS"]))]
+    try:
+        time.sleep(0.5)
+        response = requests.get(f"{server}/api/bg/status", timeout=5)
+        assert response.status_code == 503 and response.headers["Retry-After"] == "5"
+        assert "too many open connections" in response.json()["error"]
+        assert _health_s(server) < 1.0
+    finally:
+        for sock in busy:
+            sock.close()
     time.sleep(0.5)
-    assert _health_s(server) < 1.0
+    assert requests.get(f"{server}/api/bg/status", timeout=5).status_code == 200
 
 
 # --------------------------------------------------------------------------- the watchdog
@@ -252,9 +315,10 @@ def test_connections_past_the_bound_get_503_with_retry_after(server: str):
 
 def test_the_watchdog_replaces_a_worker_that_cannot_serve(tmp_path: Path):
     """Take both threads of a worker with requests that never return (tests/wedge_app.py): its event loop
-    still runs, so gunicorn's own heartbeat would keep it forever; the front's heartbeat stops, and the
-    arbiter replaces it within `timeout` (6 s here) plus the probe interval."""
-    with gunicorn(tmp_path, app="tests.wedge_app:app", GUNICORN_CMD_ARGS="--timeout 6 --threads 2") as (
+    still runs, so gunicorn's own heartbeat would keep it forever; the front's heartbeat stops, clients'
+    health checks (on their own threads) turn 503 once the watchdog's probe has waited STUCK_AFTER_S, and
+    the arbiter replaces the worker within `timeout` (8 s here) plus the probe interval."""
+    with gunicorn(tmp_path, app="tests.wedge_app:app", GUNICORN_CMD_ARGS="--timeout 8 --threads 2") as (
             base, process, log):
         wait_healthy(base, process, log)
         wedged = psutil.Process(process.pid).children()[0].pid
@@ -262,14 +326,29 @@ def test_the_watchdog_replaces_a_worker_that_cannot_serve(tmp_path: Path):
             for _ in range(2):
                 pool.submit(_swallow, f"{base}/wedge")
             time.sleep(0.5)
+            assert requests.get(f"{base}/api/bg/health", timeout=1).status_code == 200  # on its own threads
             with pytest.raises(requests.Timeout):
-                requests.get(f"{base}/api/bg/health", timeout=1.5)  # every thread is taken: it cannot serve
+                requests.get(f"{base}/api/bg/status", timeout=1.5)  # every thread is taken: it cannot serve
+            unhealthy = _first_health_503(base, within_s=STUCK_AFTER_S + PROBE_INTERVAL_S + 3)
+            assert "restarted" in unhealthy.json()["error"] and unhealthy.headers["Retry-After"] == "5"
             started = time.monotonic()
             wait_healthy(base, process, log, seconds=30)
             replaced_s = time.monotonic() - started
         assert [child.pid for child in psutil.Process(process.pid).children()] != [wedged]
         assert f"WORKER TIMEOUT (pid:{wedged})" in log.read_text()
         assert replaced_s < 30
+
+
+def _first_health_503(base: str, within_s: float) -> requests.Response:
+    """Poll health (answered by its own threads) until it says 503."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        response = requests.get(f"{base}/api/bg/health", timeout=2)
+        if response.status_code == 503:
+            return response
+        assert response.status_code == 200
+        time.sleep(0.2)
+    raise AssertionError(f"health did not turn 503 within {within_s} s")
 
 
 def _swallow(url: str) -> None:
@@ -388,3 +467,15 @@ def test_buffered_bodies_answer_503_past_the_spool_budget(headers: list):
     sent, scope, _ = _run_buffered(chunks, _limits(max_body=10_000_000, spool=2_000_000), headers)
     assert scope is None
     assert sent[0]["status"] == 503 and (b"retry-after", b"5") in sent[0]["headers"]
+
+
+def test_front_settings_are_read_with_their_types_and_checked():
+    config = Config.from_env({"MAX_CONNECTIONS": "50", "HEADER_TIMEOUT_S": "2.5", "SPOOL_MAX_MB": "20"})
+    assert (config.max_connections, config.header_timeout_s, config.spool_max_mb) == (50, 2.5, 20)
+    assert isinstance(config.body_memory_mb, int) and config.body_timeout_s == Config().body_timeout_s
+    for env, message in [({"MAX_CONNECTIONS": "5"}, "MAX_CONNECTIONS=5 is out of range"),
+                         ({"BODY_MEMORY_MB": "1.5"}, "BODY_MEMORY_MB='1.5' is not a whole number"),
+                         ({"SEND_TIMEOUT_S": "0"}, "SEND_TIMEOUT_S=0.0 is out of range"),
+                         ({"SPOOL_MAX_MB": "4"}, "SPOOL_MAX_MB=4 cannot hold one upload")]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            Config.from_env(env)
