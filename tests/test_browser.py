@@ -44,14 +44,18 @@ ARTIFACTS = Path(__file__).parent / "artifacts"
 PHOTO = FIXTURES / "images" / "girl-2.jpg"  # 718x478, landscape
 API_KEY = "k3y-that-must-never-reach-the-page-7d1c"
 
-# Draw the result <img> into a canvas and count its fully transparent and mostly opaque pixels.
-ALPHA_JS = """
+# Draw the result <img> into a canvas; `data` is its RGBA bytes.
+RESULT_PIXELS_JS = """
 const img = document.getElementById('result-img');
 const canvas = document.createElement('canvas');
 canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
 const ctx = canvas.getContext('2d');
 ctx.drawImage(img, 0, 0);
 const data = ctx.getImageData(0, 0, canvas.width, canvas.height).data;
+"""
+
+# Count the result's fully transparent and mostly opaque pixels.
+ALPHA_JS = RESULT_PIXELS_JS + """
 let transparent = 0, solid = 0;
 for (let i = 3; i < data.length; i += 4) {
   if (data[i] === 0) transparent++;
@@ -442,13 +446,7 @@ def test_desktop_result_slider_background_zoom_and_errors(base_url: str, browser
 
 
 # The result's colours and alpha where it is semi-transparent, summed: what the edge options change.
-EDGE_PIXELS_JS = """
-const img = document.getElementById('result-img');
-const canvas = document.createElement('canvas');
-canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
-const ctx = canvas.getContext('2d');
-ctx.drawImage(img, 0, 0);
-const data = ctx.getImageData(0, 0, canvas.width, canvas.height).data;
+EDGE_PIXELS_JS = RESULT_PIXELS_JS + """
 let soft = 0, alpha = 0, colour = 0;
 for (let i = 0; i < data.length; i += 4) {
   if (data[i + 3] > 0 && data[i + 3] < 255) { soft++; alpha += data[i + 3]; colour += data[i] + data[i + 1] + data[i + 2]; }
