@@ -455,13 +455,13 @@ return [soft, alpha, colour];
 """
 
 
-def test_edge_options_are_on_by_default_and_switch_off(base_url: str, browser: WebDriver):
-    """The two edge boxes start checked and send nothing; unchecked they send refine=false and
-    decontaminate=false (also in the curl line), and the cutout over a colour changes."""
+def test_edge_options_start_at_their_defaults_and_switch(base_url: str, browser: WebDriver):
+    """Refine starts unchecked and decontaminate checked, and nothing is sent for them; switched, they send
+    refine=true and decontaminate=false (also in the curl line), and the cutout over a colour changes."""
     wait = open_page(browser, base_url, 1366, 900)
     set_theme(browser, "light")
     refine, decontaminate = browser.find_element(By.ID, "opt-refine"), browser.find_element(By.ID, "opt-decontaminate")
-    assert refine.is_displayed() and refine.is_selected() and decontaminate.is_selected()
+    assert refine.is_displayed() and not refine.is_selected() and decontaminate.is_selected()
     cutout(browser, wait)
     assert last_sent(browser)["keys"] == ["file"]
     press(browser, browser.find_element(By.CSS_SELECTOR, 'input[name="result-bg"][value="custom"]').find_element(
@@ -469,12 +469,12 @@ def test_edge_options_are_on_by_default_and_switch_off(base_url: str, browser: W
     browser.execute_script("const c = document.getElementById('result-bg-color'); c.value = '#ff00ff';"
                            "c.dispatchEvent(new Event('input'));")
     browser.execute_script(SHOW_VIEWER_JS)
-    screenshot(browser, "edges-on.png")
+    screenshot(browser, "edges-default.png")
     with_edges = browser.execute_script(EDGE_PIXELS_JS)
 
     press(browser, refine)
     press(browser, decontaminate)
-    assert "-F refine=false -F decontaminate=false" in browser.find_element(By.ID, "curl-now").get_attribute(
+    assert "-F refine=true -F decontaminate=false" in browser.find_element(By.ID, "curl-now").get_attribute(
         "textContent")
     press(browser, wait.until(EC.element_to_be_clickable((By.ID, "submit"))))
     wait.until(lambda d: d.execute_script("return window.__sent.length") == 2)
@@ -482,7 +482,7 @@ def test_edge_options_are_on_by_default_and_switch_off(base_url: str, browser: W
     assert last_sent(browser)["keys"] == ["file", "refine", "decontaminate"]
     wait.until(lambda d: d.execute_script(EDGE_PIXELS_JS) != with_edges)
     browser.execute_script(SHOW_VIEWER_JS)
-    screenshot(browser, "edges-off.png")
+    screenshot(browser, "edges-switched.png")
 
     # The mask alone has no colours to clean: that box is greyed out, and not sent.
     browser.execute_script("document.getElementById('more-options').open = true")

@@ -193,7 +193,7 @@ def _options(fields: Fields) -> pipeline.Options:
         semitransparency=_on_unless_false(fields, "semitransparency"),
         scale=pipeline.parse_scale(fields.text.get("scale")),
         position=pipeline.parse_position(fields.text.get("position")),
-        refine=_on_unless_false(fields, "refine"),
+        refine=pipeline.parse_bool("refine", fields.get("refine")),
         decontaminate=_on_unless_false(fields, "decontaminate"),
     )
 
