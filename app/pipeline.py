@@ -1,10 +1,10 @@
 """The one image pipeline behind the HTTP endpoints and the batch command.
 
-bytes -> imaging.open_checked (header, decode cost) -> imaging.decode (inside the slot, at most
-max_dimension on the long side and max_megapixels in all) -> service.mask -> matting.refine (the mask made
-an alpha matte guided by the output-size photo) -> region of interest -> matting.decontaminate (foreground
-colours in soft pixels) -> crop -> scale / position on the canvas -> hard edges -> cut out / fill ->
-imaging.encode (or a zip of the colour image and the mask).
+bytes -> imaging.open_checked (header, decode cost) -> the inference slot, held from here to the encoded
+bytes: imaging.decode (at most max_dimension on the long side and max_megapixels in all) -> service.mask ->
+matting.refine (the mask made an alpha matte guided by the output-size photo) -> region of interest ->
+matting.decontaminate (foreground colours in soft pixels) -> crop -> scale / position on the canvas -> hard
+edges -> cut out / fill -> imaging.encode (or a zip of the colour image and the mask).
 Option values arrive as strings (form fields, command-line flags) and are validated here, so both
 front ends give the same messages.
 """
@@ -15,7 +15,7 @@ import re
 import zipfile
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Callable, Protocol
 
 from PIL import Image
 
@@ -231,21 +231,29 @@ def _roi_box(roi: tuple[imaging.Length, ...], size: tuple[int, int], original: t
     return left, top, right, bottom
 
 
-def _subject(
+Finish = Callable[[Image.Image, Image.Image, Image.Image | None], Result]
+
+
+def _in_slot(
     source: Source,
     options: Options,
     service: MaskService,
     config: Config,
+    finish: Finish,
     background: imaging.Header | None = None,
-) -> tuple[Image.Image, Image.Image, Image.Image | None]:
-    """Decode, mask and edges: (RGB at output size, alpha including the upload's own transparency, backdrop).
+) -> Result:
+    """Decode, mask and edges, then finish(RGB at output size, alpha including the upload's own transparency,
+    backdrop) -> the encoded Result, all inside the inference slot.
 
     The header checks run first, without waiting for the model; decoding (of the photo and of a checked
     background image) waits for the inference slot, so that concurrent requests never hold more than one
     decode between them, and each decode's full-size raster is gone before the model runs. The edge stage
-    runs in the slot too, so its buffers never add to another request's inference. The mask is refined
-    before the upload's own transparency and the roi are applied (they are exact, not estimates); colours
-    are estimated against the final alpha, and not at all for the mask alone.
+    and the output (framing, compositing, encoding) run in the slot too, and every image is released
+    before it is left: the process holds one request's images at a time. Encoding after the slot let a
+    12 MP cutout (its RGBA copy and PNG, ~110 MB) overlap the next request's decode and inference:
+    495 MB whole-server with 8 clients at MAX_DIMENSION=4096 (docs/performance.md, Edges). The mask is
+    refined before the upload's own transparency and the roi are applied (they are exact, not estimates);
+    colours are estimated against the final alpha, and not at all for the mask alone.
     """
     header = _checked(source, options.max_dimension or config.max_dimension, config)
     max_dimension = _output_side(header.size, options, config)
@@ -263,7 +271,10 @@ def _subject(
         if options.decontaminate and not options.only_mask:
             decoded.rgb = matting.decontaminate(decoded.rgb, alpha)
         backdrop = imaging.decode(background, config.max_dimension).rgb if background is not None else None
-    return decoded.rgb, alpha, backdrop
+        rgb, decoded = decoded.rgb, None
+        result = finish(rgb, alpha, backdrop)
+        del rgb, alpha, backdrop
+    return result
 
 
 def _framed(rgb: Image.Image, alpha: Image.Image, options: Options) -> tuple[Image.Image, Image.Image]:
@@ -310,11 +321,13 @@ def _result(image: Image.Image, alpha: Image.Image, color: Image.Image, fmt: str
 
 def remove_background(data: Source, stem: str, options: Options, service: MaskService, config: Config) -> Result:
     """The cutout (PNG by default), or the mask alone with only_mask."""
-    rgb, alpha, _ = _subject(data, options, service, config)
-    rgb, alpha = _framed(rgb, alpha, options)
-    if options.only_mask:
-        return _result(alpha, alpha, rgb, options.fmt or "png", "mask", stem)
-    return _result(imaging.cutout(rgb, alpha), alpha, rgb, options.fmt or "png", "nobg", stem)
+    def finish(rgb: Image.Image, alpha: Image.Image, _backdrop: Image.Image | None) -> Result:
+        rgb, alpha = _framed(rgb, alpha, options)
+        if options.only_mask:
+            return _result(alpha, alpha, rgb, options.fmt or "png", "mask", stem)
+        return _result(imaging.cutout(rgb, alpha), alpha, rgb, options.fmt or "png", "nobg", stem)
+
+    return _in_slot(data, options, service, config, finish)
 
 
 def change_background(
@@ -333,12 +346,16 @@ def change_background(
     if translucent and options.fmt == "jpeg":
         raise BadRequest("a colour with alpha below 255 needs format png or webp; JPEG has no transparency")
     checked_background = _checked(background, config.max_dimension, config) if background is not None else None
-    rgb, alpha, backdrop = _subject(data, options, service, config, checked_background)
-    rgb, alpha = _framed(rgb, alpha, options)
-    if options.only_mask:
-        return _result(alpha, alpha, rgb, options.fmt or "png", "mask", stem)
-    under = imaging.cover(backdrop, rgb.size) if backdrop is not None else imaging.solid(rgb.size, color)
-    composed = imaging.over_background(rgb, alpha, under)
-    fmt = options.fmt or ("png" if translucent else "jpeg")
-    image = composed if translucent else composed.convert("RGB")
-    return _result(image, alpha, composed.convert("RGB"), fmt, "colored", stem)
+
+    def finish(rgb: Image.Image, alpha: Image.Image, backdrop: Image.Image | None) -> Result:
+        rgb, alpha = _framed(rgb, alpha, options)
+        if options.only_mask:
+            return _result(alpha, alpha, rgb, options.fmt or "png", "mask", stem)
+        under = imaging.cover(backdrop, rgb.size) if backdrop is not None else imaging.solid(rgb.size, color)
+        composed = imaging.over_background(rgb, alpha, under)
+        del under
+        flat = composed.convert("RGB")
+        fmt = options.fmt or ("png" if translucent else "jpeg")
+        return _result(composed if translucent else flat, alpha, flat, fmt, "colored", stem)
+
+    return _in_slot(data, options, service, config, finish, checked_background)

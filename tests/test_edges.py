@@ -8,6 +8,7 @@ everywhere), so each check sees in the answer itself whether the stage ran; a 32
 from __future__ import annotations
 
 import io
+import threading
 import zipfile
 from pathlib import Path
 from typing import Iterator
@@ -18,7 +19,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from PIL import Image
 
-from app import create_app, matting
+from app import create_app, imaging, matting
 from app.services.isnet_tiny_service import IsnetTinyService
 from tests.conftest import image_bytes, photo, tiny_onnx, upload
 
@@ -210,3 +211,26 @@ def test_the_real_stages_change_a_soft_edge_and_keep_the_interior(client):
     assert np.array_equal(on[centre, centre], off[centre, centre])
     soft = (on[..., 3] > 20) & (on[..., 3] < 235)
     assert on[soft][:, 1].mean() < off[soft][:, 1].mean() - 20  # less of the green background in the rim
+
+
+@pytest.mark.parametrize("path, fields", [
+    ("/api/bg/remove", {}), ("/api/bg/remove", {"format": "zip"}), ("/api/bg/remove", {"only_mask": "true"}),
+    ("/api/bg/change_color", {"color": "#00ff00"}), ("/api/bg/change_color", {"format": "webp"}),
+])
+def test_the_output_is_composed_and_encoded_inside_the_inference_slot(shared_app, client, monkeypatch, path, fields):
+    """A 12 MP cutout's RGBA copy and PNG (~110 MB) must not overlap the next request's decode and inference."""
+    service = shared_app.extensions["isnet_tiny"]
+    outside: list[str] = []
+
+    def watched(name: str, function):
+        def call(*args, **kwargs):
+            if threading.get_ident() not in service._holders:
+                outside.append(name)
+            return function(*args, **kwargs)
+        return call
+
+    for name in ("cutout", "over_background", "cover", "encode"):
+        monkeypatch.setattr(imaging, name, watched(name, getattr(imaging, name)))
+    response = client.post(path, data=upload(PHOTO, "pic.png", **fields))
+    assert response.status_code == 200
+    assert outside == []

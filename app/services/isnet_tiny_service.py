@@ -357,8 +357,9 @@ class IsnetTinyService:
     def slot(self) -> Iterator[int]:
         """Wait for the model and for an inference slot; yields the model's input size.
 
-        Callers decode the photo and call mask() inside it, so the process holds INFERENCE_SLOTS (default
-        one) full-size requests at a time while the others wait holding only their (spooled) upload. A
+        Callers decode the photo, call mask() and encode the answer inside it, so the process holds
+        INFERENCE_SLOTS (default one) full-size requests at a time while the others wait holding only their
+        (spooled) upload. A
         request whose model was cleared while it waited loads it again here rather than failing.
         """
         self.wait_until_ready(self.config.queue_timeout_s)
