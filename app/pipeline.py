@@ -251,8 +251,8 @@ def _in_slot(
     and the output (framing, compositing, encoding) run in the slot too, and every image is released
     before it is left: the process holds one request's images at a time. Encoding after the slot let a
     12 MP cutout (its RGBA copy and PNG, ~110 MB) overlap the next request's decode and inference:
-    495 MB whole-server with 8 clients at MAX_DIMENSION=4096 (docs/performance.md, Edges). The mask is
-    refined before the upload's own transparency and the roi are applied (they are exact, not estimates);
+    470-498 MB whole-server with 8 clients at MAX_DIMENSION=4096, 341 MB now (docs/performance.md, Edges).
+    The mask is refined before the upload's own transparency and the roi are applied (they are exact, not estimates);
     colours are estimated against the final alpha, and not at all for the mask alone.
     """
     header = _checked(source, options.max_dimension or config.max_dimension, config)
