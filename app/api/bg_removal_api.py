@@ -170,10 +170,10 @@ def _color_field(fields: Fields) -> str | None:
     return bg_color if color is None else color
 
 
-def _on_unless_false(fields: Fields, name: str) -> bool:
-    """A boolean option that defaults to true (not sent or blank)."""
+def _flag(fields: Fields, name: str, default: bool) -> bool:
+    """A boolean option; not sent (or blank, see Fields.get) means `default`."""
     text = fields.get(name)
-    return text is None or pipeline.parse_bool(name, text)
+    return default if text is None else pipeline.parse_bool(name, text)
 
 
 def _options(fields: Fields) -> pipeline.Options:
@@ -190,11 +190,11 @@ def _options(fields: Fields) -> pipeline.Options:
         max_dimension=pipeline.parse_max_dimension(fields.text.get("max_dimension"), _config().max_dimension),
         max_megapixels=pipeline.parse_megapixels(fields.text.get("max_megapixels")),
         roi=pipeline.parse_roi(fields.text.get("roi")),
-        semitransparency=_on_unless_false(fields, "semitransparency"),
+        semitransparency=_flag(fields, "semitransparency", True),
         scale=pipeline.parse_scale(fields.text.get("scale")),
         position=pipeline.parse_position(fields.text.get("position")),
-        refine=pipeline.parse_bool("refine", fields.get("refine")),
-        decontaminate=_on_unless_false(fields, "decontaminate"),
+        refine=_flag(fields, "refine", False),
+        decontaminate=_flag(fields, "decontaminate", True),
     )
 
 
