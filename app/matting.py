@@ -449,15 +449,3 @@ def decontaminate(rgb: Image.Image, alpha: Image.Image, params: ForegroundParams
         strip[ys, xs] = (f * 255 + 0.5).astype(np.uint8)
         rgb.paste(Image.fromarray(strip, "RGB"), box[:2])
     return rgb
-
-
-def refine_alpha(rgb: np.ndarray, mask: np.ndarray, params: RefineParams = RefineParams()) -> np.ndarray:
-    """refine for arrays: (H, W, 3) uint8 photo, (H, W) uint8 mask -> (H, W) uint8 alpha (a new array)."""
-    return np.asarray(refine(Image.fromarray(rgb, "RGB"), Image.fromarray(mask, "L"), params))
-
-
-def estimate_foreground(rgb: np.ndarray, alpha: np.ndarray, params: ForegroundParams = ForegroundParams()
-                        ) -> np.ndarray:
-    """decontaminate for arrays: (H, W, 3) uint8 photo, (H, W) uint8 alpha -> (H, W, 3) uint8 colours (a new
-    array; rgb is left as it is)."""
-    return np.asarray(decontaminate(Image.fromarray(rgb, "RGB"), Image.fromarray(alpha, "L"), params))

@@ -7,6 +7,16 @@ from PIL import Image
 from app import matting
 
 
+def refine_alpha(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """matting.refine on arrays: (H, W, 3) uint8 photo, (H, W) uint8 mask -> (H, W) uint8 alpha."""
+    return np.asarray(matting.refine(Image.fromarray(rgb, "RGB"), Image.fromarray(mask, "L")))
+
+
+def estimate_foreground(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """matting.decontaminate on arrays (on a copy: it works in place): -> (H, W, 3) uint8 colours."""
+    return np.asarray(matting.decontaminate(Image.fromarray(rgb, "RGB"), Image.fromarray(alpha, "L")))
+
+
 def _scene(size: int = 256) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """A red disc with a soft 6 px rim over green: (I, F, alpha 0..1, B, the model-like hard mask)."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
@@ -33,7 +43,7 @@ def test_estimate_foreground_lowers_the_colour_error_and_keeps_opaque_pixels() -
     image, fg, alpha, _, _ = _scene()
     alpha8 = (alpha * 255 + 0.5).astype(np.uint8)
     soft = (alpha8 > 0) & (alpha8 < 255)
-    out = matting.estimate_foreground(image, alpha8)
+    out = estimate_foreground(image, alpha8)
     before = np.abs(image[soft] / 255 - fg[soft]).mean()
     after = np.abs(out[soft] / 255 - fg[soft]).mean()
     assert after < 0.5 * before
@@ -42,7 +52,7 @@ def test_estimate_foreground_lowers_the_colour_error_and_keeps_opaque_pixels() -
 
 def test_refine_alpha_lowers_the_alpha_error_and_keeps_the_interior() -> None:
     image, _, alpha, _, mask = _scene()
-    out = matting.refine_alpha(image, mask)
+    out = refine_alpha(image, mask)
     assert out.dtype == np.uint8 and out.min() >= 0 and out.max() <= 255
     rim = (alpha > 0) & (alpha < 1)
     before = np.abs(mask[rim] / 255 - alpha[rim]).mean()
@@ -57,8 +67,8 @@ def test_refine_alpha_lowers_the_alpha_error_and_keeps_the_interior() -> None:
 def test_no_band_returns_the_mask_unchanged() -> None:
     image, _, _, _, _ = _scene()
     full = np.full(image.shape[:2], 255, np.uint8)
-    assert np.array_equal(matting.refine_alpha(image, full), full)
-    assert np.array_equal(matting.estimate_foreground(image, full), image)
+    assert np.array_equal(refine_alpha(image, full), full)
+    assert np.array_equal(estimate_foreground(image, full), image)
 
 
 def test_refine_upsamples_a_small_mask_along_the_photo_edge() -> None:
@@ -67,7 +77,7 @@ def test_refine_upsamples_a_small_mask_along_the_photo_edge() -> None:
     image, _, alpha, _, _ = _scene(256)
     small = Image.fromarray(np.where(alpha[::4, ::4] >= 0.5, 255, 0).astype(np.uint8))
     resized = np.asarray(small.resize((256, 256), Image.Resampling.LANCZOS))
-    out = matting.refine_alpha(image, resized)
+    out = refine_alpha(image, resized)
     rim = (alpha > 0) & (alpha < 1)
     before = np.abs(resized[rim] / 255 - alpha[rim]).mean()
     after = np.abs(out[rim] / 255 - alpha[rim]).mean()
@@ -77,7 +87,7 @@ def test_refine_upsamples_a_small_mask_along_the_photo_edge() -> None:
 def test_pillow_and_array_forms_agree_and_soft_pixels_only_change() -> None:
     image, _, alpha, _, mask = _scene()
     refined = matting.refine(Image.fromarray(image), Image.fromarray(mask))
-    assert refined.mode == "L" and np.array_equal(np.asarray(refined), matting.refine_alpha(image, mask))
+    assert refined.mode == "L" and np.array_equal(np.asarray(refined), refine_alpha(image, mask))
     alpha8 = (alpha * 255 + 0.5).astype(np.uint8)
     cleaned = np.asarray(matting.decontaminate(Image.fromarray(image), Image.fromarray(alpha8)))
     untouched = (alpha8 <= 1) | (alpha8 >= 254)
