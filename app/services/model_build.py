@@ -86,6 +86,9 @@ class Recipe:
     min_opset: int | None = None
     # Near-constant Conv output channels re-centred and rescaled before quantising (rescale_channel).
     rescaled_channels: tuple[ChannelRescale, ...] = ()
+    # Nodes whose output passes through an int8 1x1 identity Conv (identity_conv_after): onnxruntime's NHWC
+    # layout then starts right there instead of at the first int8 Conv after a float one.
+    identity_conv_after: tuple[str, ...] = ()
 
 
 DEFAULT_RECIPE = Recipe()
@@ -101,6 +104,9 @@ U2NETP_INT8_RECIPE = Recipe(
     exclude=("first_conv", "mask_conv", "mask_sigmoid"),
     exclude_nodes=("Conv_44", "Conv_1026"),
     min_opset=13,
+    # Conv_0 stays float, and without this the QLinearAdd, MaxPool and Concat that read its output ran in
+    # NCHW: 63 of 723 ms (1 thread) went to a NCHW MaxPool and Transposes of 320x320 maps.
+    identity_conv_after=("Relu_1",),
     # Conv_765's channel 14 is 226-228 (the other 15 at most 73) and Conv_898's channel 12 is 52-54 (the
     # others at most 11) on the calibration images; re-centred and scaled to the others' range, both decoder
     # chains run in int8.
@@ -387,6 +393,7 @@ def quantize(
         model = fold_shapes(model, recipe.min_opset, workdir)
     exclude = role_nodes(model, recipe.exclude) + list(recipe.exclude_nodes)
     named = {r.producer for r in recipe.rescaled_channels} | {r.consumer for r in recipe.rescaled_channels}
+    named |= set(recipe.identity_conv_after)
     missing = sorted((set(recipe.exclude_nodes) | named) - {n.name for n in model.graph.node})
     if missing:
         raise ModelBuildError(f"the source has no node {', '.join(missing)}: not the model this recipe is for")
@@ -395,6 +402,8 @@ def quantize(
         _check_channel_lows(model, recipe.rescaled_channels, reader)
         for rescale in recipe.rescaled_channels:
             model = rescale_channel(model, rescale)
+    for name in recipe.identity_conv_after:
+        model = identity_conv_after(model, name)
     extra: dict[str, object] = {"CalibStridedMinMax": 1}  # one image at a time
     if recipe.calibrate_method == "Percentile":
         extra["CalibPercentile"] = recipe.percentile
@@ -515,6 +524,38 @@ def rescale_channel(model: onnx.ModelProto, rescale: ChannelRescale) -> onnx.Mod
     w[:, j] /= np.float32(rescale.factor)
     weight.CopyFrom(numpy_helper.from_array(w, weight.name))
     bias.CopyFrom(numpy_helper.from_array(b, bias.name))
+    return model
+
+
+def identity_conv_after(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
+    """A copy where node `name`'s output reaches its consumers through a 1x1 Conv with identity weights.
+
+    Quantised, that Conv is exact (weights 127 at scale 1/127, the same activation range in and out), and it
+    is an int8 Conv that onnxruntime's layout transformer converts to NHWC together with what follows. Without
+    it, the int8 nodes that read a float Conv's output (u2netp's Conv_0: the stage-1 Add, the MaxPool after
+    it, the last decoder Concat) stayed NCHW with a Transpose of a 320x320 map on either side.
+    """
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    g = model.graph
+    node = next((n for n in g.node if n.name == name), None)
+    if node is None:
+        raise ModelBuildError(f"the source has no node {name}: not the model this recipe is for")
+    typed = onnx.shape_inference.infer_shapes(model)
+    dims = next((vi.type.tensor_type.shape.dim for vi in typed.graph.value_info if vi.name == node.output[0]), [])
+    if len(dims) != 4 or not dims[1].dim_value:
+        raise ModelBuildError(f"{name}'s output is not a 4-D tensor with a known channel count")
+    channels, tensor = dims[1].dim_value, node.output[0]
+    bridged = f"{tensor}_identity"
+    for other in g.node:
+        for i, value in enumerate(other.input):
+            if value == tensor:
+                other.input[i] = bridged
+    weight = np.eye(channels, dtype=np.float32).reshape(channels, channels, 1, 1)
+    g.initializer.extend([numpy_helper.from_array(weight, f"{name}_identity_w"),
+                          numpy_helper.from_array(np.zeros(channels, np.float32), f"{name}_identity_b")])
+    conv = helper.make_node("Conv", [tensor, f"{name}_identity_w", f"{name}_identity_b"], [bridged],
+                            name=f"{name}_identity", kernel_shape=[1, 1])
+    g.node.insert(list(g.node).index(node) + 1, conv)
     return model
 
 
