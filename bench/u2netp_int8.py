@@ -12,7 +12,8 @@ build come from bench/compare_rembg.py.
 --groups N   quantise one slice of the graph at a time (the Convs split into N runs in graph order,
              everything else float): which part of the network loses the masks.
 --nodes A-B  the same one node at a time, for the nodes from A to B in graph order.
---variants   the recipe's float set, each part of it removed in turn, and the extra Convs tried.
+--variants   the float sets of the recipe before channel rescaling (both decoder chains in float) and
+             after it (rescale_channel), each part removed in turn.
 """
 from __future__ import annotations
 
@@ -41,14 +42,20 @@ SPEC = CATALOGUE[U2NETP_INT8]
 RECIPE = model_build.U2NETP_INT8_RECIPE
 CHAIN_787 = ("Conv_765", "Relu_766", "Resize_785", "Concat_786", "Conv_787")
 CHAIN_920 = ("Conv_898", "Relu_899", "Resize_918", "Concat_919", "Conv_920")
-VARIANTS: dict[str, tuple[str, ...]] = {
-    "the mask head only": (),
-    "+ Conv_787 and Concat_786": ("Conv_787", "Concat_786"),
-    "+ the Conv_765 -> Conv_787 chain": CHAIN_787,
-    "+ the chain, first Conv": CHAIN_787 + ("first_conv",),
-    "+ both chains, first Conv, Conv_1026": CHAIN_787 + CHAIN_920 + ("first_conv", "Conv_1026"),
-    "+ both chains, first Conv, Conv_1026, Conv_2": CHAIN_787 + CHAIN_920 + ("first_conv", "Conv_1026", "Conv_2"),
-    "the recipe (+ Conv_44)": CHAIN_787 + CHAIN_920 + ("first_conv", "Conv_1026", "Conv_44"),
+# (in float, channels rescaled?): the recipe of 2026-12-01 (both chains in float) and the current one.
+VARIANTS: dict[str, tuple[tuple[str, ...], bool]] = {
+    "the mask head only": ((), False),
+    "+ Conv_787 and Concat_786": (("Conv_787", "Concat_786"), False),
+    "+ the Conv_765 -> Conv_787 chain": (CHAIN_787, False),
+    "+ the chain, first Conv": (CHAIN_787 + ("first_conv",), False),
+    "+ both chains, first Conv, Conv_1026": (CHAIN_787 + CHAIN_920 + ("first_conv", "Conv_1026"), False),
+    "+ both chains, first Conv, Conv_1026, Conv_44 (the recipe of 677abba2)": (
+        CHAIN_787 + CHAIN_920 + ("first_conv", "Conv_1026", "Conv_44"), False),
+    "channels rescaled: the mask head only": ((), True),
+    "channels rescaled: + first Conv": (("first_conv",), True),
+    "channels rescaled: + first Conv, Conv_1026": (("first_conv", "Conv_1026"), True),
+    "channels rescaled: + first Conv, Conv_1026, Conv_44 (the recipe)": (("first_conv", "Conv_1026", "Conv_44"), True),
+    "channels rescaled: + Conv_1026, Conv_44 (first Conv int8)": (("Conv_1026", "Conv_44"), True),
 }
 
 
@@ -74,12 +81,15 @@ class Scorer:
         return statistics.mean(ious), min(ious)
 
 
-def build(model, names: tuple[str, ...], work: Path, cache: Path) -> Path:
-    """model_build.quantize with the recipe's ranges and the mask head plus `names` (roles or nodes) in float."""
+def build(model, names: tuple[str, ...], work: Path, cache: Path, rescale: bool = True) -> Path:
+    """model_build.quantize with the recipe's ranges and the mask head plus `names` (roles or nodes) in float;
+    rescale=False leaves out the recipe's channel rescaling (and its cached ranges belong to that graph)."""
     roles = tuple(n for n in names if n == "first_conv")
     recipe = replace(RECIPE, exclude=("mask_conv", "mask_sigmoid") + roles,
-                     exclude_nodes=tuple(n for n in names if n != "first_conv"), min_opset=None)
+                     exclude_nodes=tuple(n for n in names if n != "first_conv"), min_opset=None,
+                     rescaled_channels=RECIPE.rescaled_channels if rescale else ())
     path = work / "variant.onnx"
+    cache = cache.with_name(f"{cache.stem}-{'rescaled' if rescale else 'plain'}.json")
     path.write_bytes(model_build.quantize(model, model_build.calibration_images(), recipe, work, cache, SPEC))
     return path
 
@@ -122,8 +132,8 @@ def main() -> int:
                 print(f"| {name} | {mean:.4f} / {low:.4f} |", flush=True)
         if args.variants:
             print("| in float | IoU mean / min |\n| --- | --- |")
-            for label, names in VARIANTS.items():
-                mean, low = scorer(build(model, names, work, cache))
+            for label, (names, rescale) in VARIANTS.items():
+                mean, low = scorer(build(model, names, work, cache, rescale))
                 print(f"| {label} | {mean:.4f} / {low:.4f} |", flush=True)
     return 0
 

@@ -473,7 +473,7 @@ def _channel_offset(model: onnx.ModelProto, rescale: ChannelRescale) -> int:
                 if len(vi.type.tensor_type.shape.dim) > 1}
     tensor, offset = nodes[rescale.producer].output[0], 0
     while True:
-        after = consumers.get(tensor, [])
+        after = [n for n in consumers.get(tensor, []) if n.op_type != "Shape"]  # a Shape reads no values
         if len(after) != 1:
             raise ModelBuildError(f"{rescale.producer}'s channel reaches {len(after)} nodes, not only {rescale.consumer}")
         node = after[0]
