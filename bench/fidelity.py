@@ -9,7 +9,7 @@ and MAE, as bench/run.py and compare_rembg.py score the HTTP answers. `--exact` 
 quantised graph a second time with graph optimisation off, so each QDQ triple runs as float
 arithmetic on the dequantised values: what the model computes on a CPU whose int8 kernels are exact.
 The two differ where the CPU's kernels saturate (VPMADDUBSW on x86 without VNNI: docs/models.md).
-The first line names the CPU's int8 instructions (avx512_vnni, avx_vnni, amx_int8 from /proc/cpuinfo).
+The first line names the CPU and its int8 instruction flags (common.cpu_fields).
 """
 from __future__ import annotations
 
@@ -28,19 +28,6 @@ import common  # noqa: E402
 from app import imaging, model_io  # noqa: E402
 from app.services.isnet_tiny_service import create_session  # noqa: E402
 from app.services.model_store import spec_for_input_size  # noqa: E402
-
-INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "avx512f", "avx2")
-
-
-def cpu_int8_flags() -> list[str]:
-    """The x86 flags that decide which int8 kernels onnxruntime's MLAS picks."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if not cpuinfo.is_file():
-        return []
-    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.read_text().splitlines()
-                  if line.startswith("flags")), [])
-    return [f for f in INT8_FLAGS if f in flags]
-
 
 def exact_session(path: str, threads: int) -> ort.InferenceSession:
     """The same graph without fusion: DequantizeLinear -> float op -> QuantizeLinear, node by node."""
@@ -75,7 +62,8 @@ def main() -> None:
     parser.add_argument("--exact", action="store_true", help="also score the unfused graph")
     args = parser.parse_args()
     model_name = "u2netp" if args.model.stem.startswith("u2netp") else args.model.stem  # u2netp-int8: rembg's u2netp masks
-    print(f"cpu int8 flags: {' '.join(cpu_int8_flags()) or 'none found'}; onnxruntime {ort.__version__}")
+    cpu = common.cpu_fields()
+    print(f"cpu: {cpu['cpu']}, int8 flags: {cpu['int8_flags']}; onnxruntime {ort.__version__}")
     runs = [("fused (deployed)", create_session(str(args.model), args.threads))]
     if args.exact:
         runs.append(("exact (no fusion)", exact_session(str(args.model), args.threads)))
