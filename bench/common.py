@@ -107,15 +107,31 @@ def children_of(pid: int) -> list[int]:
 # --------------------------------------------------------------------------- machine
 
 
-def machine() -> dict[str, str]:
-    cpu = "unknown"
+# The x86 flags that decide which int8 kernels onnxruntime's MLAS picks (VNNI or not: docs/models.md).
+INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "avx512f", "avx2")
+
+
+def cpu_fields() -> dict[str, str]:
+    """/proc/cpuinfo's first processor: model name, family and model, and the flags in INT8_FLAGS."""
+    fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key in ("model name", "cpu family", "model", "flags") and key not in fields:
+                fields[key] = value.strip()
+            if not line.strip() and fields:
                 break
     except OSError:
         pass
+    flags = fields.get("flags", "").split()
+    return {
+        "cpu": f"{fields.get('model name', 'unknown')} (family {fields.get('cpu family', '?')} model {fields.get('model', '?')})",
+        "int8_flags": " ".join(f for f in INT8_FLAGS if f in flags) or "none",
+    }
+
+
+def machine() -> dict[str, str]:
     try:
         ort_version = subprocess.run(
             [sys.executable, "-c", "import onnxruntime; print(onnxruntime.__version__)"],
@@ -134,7 +150,7 @@ def machine() -> dict[str, str]:
     return {
         "git": head + (f" + uncommitted changes in {', '.join(dirty)}" if dirty else ""),
         "nproc": str(os.cpu_count()),
-        "cpu": cpu,
+        **cpu_fields(),
         "onnxruntime": ort_version,
         "python": platform.python_version(),
         "loadavg_1_5_15": " ".join(Path("/proc/loadavg").read_text().split()[:3]),

@@ -198,6 +198,15 @@ def test_build_quantises_and_stays_close(built: dict, sample: np.ndarray, kind: 
     assert np.abs(y - ref).max() < 0.15
 
 
+def test_built_weights_fit_seven_bits_so_no_cpu_saturates(built: dict) -> None:
+    """Without VNNI, onnxruntime adds two u8 x s8 products into a saturating int16: 255 * 64 * 2 fits, 255 * 127 * 2 does not."""
+    weights = [numpy_helper.to_array(t) for t in onnx.load(str(built["fp32"][1])).graph.initializer
+               if t.data_type == TensorProto.INT8]
+    assert weights
+    assert max(int(np.abs(w.astype(np.int32)).max()) for w in weights) <= 64
+    assert max(int(np.abs(w.astype(np.int32)).max()) for w in weights) > 32  # the 7 bits are used, not 6
+
+
 def test_build_is_deterministic(built: dict, tmp_path: Path) -> None:
     src, dest, digest = built["fp16"]
     again = tmp_path / "again.onnx"

@@ -8,10 +8,10 @@ for that model -> atomic write of the model and a ``<dest>.sha256`` sidecar.
 The same source gives byte-identical output.
 
 The recipe (``DEFAULT_RECIPE``) was chosen by measurement, see
-``bench/experiments/RESULTS-isnet-tiny.md``: QDQ, per-channel, U8 activations / S8 weights,
-Entropy calibration one image at a time, only the mask head (side1 Conv, last
-Resize, Sigmoid) in float. On the 6 fixture photos: IoU 0.9928 mean / 0.965 min
-vs fp32 IS-Net, 44.6 MB, 267 MB peak RSS with MALLOC_MMAP_THRESHOLD_=131072.
+``bench/experiments/RESULTS-isnet-tiny.md``: QDQ, per-channel, U8 activations / S8 weights
+limited to 7 bits (``reduce_range``), Entropy calibration one image at a time, only the mask head
+(side1 Conv, last Resize, Sigmoid) in float. On the 6 fixture photos: IoU 0.9936 mean / 0.973 min
+vs fp32 IS-Net on a CPU without VNNI (docs/models.md), 44.5 MB.
 ``U2NETP_INT8_RECIPE`` and why its float nodes are the ones they are: docs/models.md.
 This module must not import Flask.
 """
@@ -91,7 +91,11 @@ class Recipe:
     identity_conv_after: tuple[str, ...] = ()
 
 
-DEFAULT_RECIPE = Recipe()
+# 7-bit weights: on x86 CPUs without VNNI (AVX2, AVX-512 before Cascade Lake, AMD before Zen 4) onnxruntime
+# multiplies u8 activations by s8 weights with VPMADDUBSW, which adds two products into a saturating int16;
+# with full 8-bit weights IS-Net's sums overflow it and the masks lose fidelity on those CPUs only (IoU
+# 0.9846 / 0.942 instead of 0.9928 / 0.967 on a Zen 3 EPYC). Two 7-bit products always fit, on every CPU.
+DEFAULT_RECIPE = Recipe(reduce_range=True)
 
 # u2netp: MinMax ranges; in float the first Conv (in int8 the fixtures' minimum IoU falls to 0.935), the mask
 # head, side6's Conv (one output channel, an 11.9 weight among <= 1.8 ones) and Conv_44 (2 MMAC, the cheapest
