@@ -97,11 +97,12 @@ class Recipe:
 # 0.9846 / 0.942 instead of 0.9928 / 0.967 on a Zen 3 EPYC). Two 7-bit products always fit, on every CPU.
 DEFAULT_RECIPE = Recipe(reduce_range=True)
 
-# u2netp: MinMax ranges; in float the first Conv (in int8 the fixtures' minimum IoU falls to 0.935), the mask
-# head, side6's Conv (one output channel, an 11.9 weight among <= 1.8 ones) and Conv_44 (2 MMAC, the cheapest
-# Conv that lifts the fixtures' minimum over 0.97). Two decoder channels that sit far above the others are
-# rescaled, so their chains run in int8 (kept in float, 0.65 GMAC took 17.6 % of the time). How each was found:
-# docs/models.md ("u2netp-int8: the recipe").
+# u2netp: MinMax ranges and 8-bit weights (7-bit ones, isnet-general-tiny's cure for CPUs without VNNI, cost
+# u2netp's masks more than that saturation does); in float the first Conv (in int8 the fixtures' minimum IoU
+# falls under 0.97), the mask head, side6's Conv (one output channel, an 11.9 weight among <= 1.8 ones) and
+# Conv_44 (2 MMAC, the cheapest Conv that lifts the fixtures' minimum over 0.97). Two decoder channels that sit
+# far above the others are rescaled, so their chains run in int8 (kept in float, 0.65 GMAC took 17.6 % of the
+# time). How each was found: docs/models.md ("u2netp-int8: the recipe").
 U2NETP_INT8_RECIPE = Recipe(
     calibrate_method="MinMax",
     exclude=("first_conv", "mask_conv", "mask_sigmoid"),
