@@ -29,6 +29,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import zlib
 from pathlib import Path
@@ -56,10 +57,10 @@ def _timed(times: dict[str, list[float]], name: str, fn, *args):
 
 def rembg_worker() -> int:
     """Read photo paths on stdin, answer one JSON line of stage seconds each (rembg's remove(), split)."""
+    import numpy as np
     from PIL import Image, ImageOps
     from rembg import new_session
     from rembg.bg import naive_cutout
-    import numpy as np
 
     session = new_session("u2netp")
     for line in sys.stdin:
@@ -195,7 +196,7 @@ def main() -> int:
     low, high = (int(x) for x in args.ports.split("-"))
     compare_rembg.PORTS = iter(range(low, high + 1))
     photos = [p for p in common.fixture_images() if p.name in args.photos.split(",")]
-    work = Path(__import__("tempfile").mkdtemp(prefix="bench-stages-"))
+    work = Path(tempfile.mkdtemp(prefix="bench-stages-"))
     home = compare_rembg.u2net_home(work)
 
     ours = Ours()
