@@ -12,7 +12,9 @@ build come from bench/compare_rembg.py.
 --groups N   quantise one slice of the graph at a time (the Convs split into N runs in graph order,
              everything else float): which part of the network loses the masks.
 --nodes A-B  the same one node at a time, for the nodes from A to B in graph order.
---variants   the recipe's float set, each part of it removed in turn, and the extra Convs tried.
+--variants   the float sets of the recipe before channel rescaling (both decoder chains in float) and
+             after it (rescale_channel), each part removed in turn, and 7-bit weights on it.
+--exact      with --variants: also score each with graph optimisation off (exact int8 arithmetic).
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,14 +44,23 @@ SPEC = CATALOGUE[U2NETP_INT8]
 RECIPE = model_build.U2NETP_INT8_RECIPE
 CHAIN_787 = ("Conv_765", "Relu_766", "Resize_785", "Concat_786", "Conv_787")
 CHAIN_920 = ("Conv_898", "Relu_899", "Resize_918", "Concat_919", "Conv_920")
-VARIANTS: dict[str, tuple[str, ...]] = {
-    "the mask head only": (),
-    "+ Conv_787 and Concat_786": ("Conv_787", "Concat_786"),
-    "+ the Conv_765 -> Conv_787 chain": CHAIN_787,
-    "+ the chain, first Conv": CHAIN_787 + ("first_conv",),
-    "+ both chains, first Conv, Conv_1026": CHAIN_787 + CHAIN_920 + ("first_conv", "Conv_1026"),
-    "+ both chains, first Conv, Conv_1026, Conv_2": CHAIN_787 + CHAIN_920 + ("first_conv", "Conv_1026", "Conv_2"),
-    "the recipe (+ Conv_44)": CHAIN_787 + CHAIN_920 + ("first_conv", "Conv_1026", "Conv_44"),
+# label: (in float, channels rescaled?, 7-bit weights?): the recipe of 677abba2 (both decoder chains in float),
+# the current one built up part by part, and 7-bit weights (isnet-general-tiny's reduce_range) on it.
+VARIANTS: dict[str, tuple[tuple[str, ...], bool, bool]] = {
+    "the mask head only": ((), False, False),
+    "+ Conv_787 and Concat_786": (("Conv_787", "Concat_786"), False, False),
+    "+ the Conv_765 -> Conv_787 chain": (CHAIN_787, False, False),
+    "+ the chain, first Conv": (CHAIN_787 + ("first_conv",), False, False),
+    "+ both chains, first Conv, Conv_1026": (CHAIN_787 + CHAIN_920 + ("first_conv", "Conv_1026"), False, False),
+    "+ both chains, first Conv, Conv_1026, Conv_44 (the recipe of 677abba2)": (
+        CHAIN_787 + CHAIN_920 + ("first_conv", "Conv_1026", "Conv_44"), False, False),
+    "channels rescaled: the mask head only": ((), True, False),
+    "channels rescaled: + first Conv": (("first_conv",), True, False),
+    "channels rescaled: + first Conv, Conv_1026": (("first_conv", "Conv_1026"), True, False),
+    "channels rescaled: + first Conv, Conv_1026, Conv_44 (the recipe)": (("first_conv", "Conv_1026", "Conv_44"), True, False),
+    "channels rescaled: + Conv_1026, Conv_44 (first Conv int8)": (("Conv_1026", "Conv_44"), True, False),
+    "7-bit weights: the recipe": (("first_conv", "Conv_1026", "Conv_44"), True, True),
+    "7-bit weights: the recipe with the first Conv int8": (("Conv_1026", "Conv_44"), True, True),
 }
 
 
@@ -65,8 +77,16 @@ class Scorer:
                 resized = im.convert("RGB").resize((SPEC.input_size, SPEC.input_size), Image.Resampling.LANCZOS)
                 self.items.append((im.size, model_io.model_input(resized, SPEC.mean, SPEC.std), ref))
 
-    def __call__(self, path: Path) -> tuple[float, float]:
-        session = create_session(str(path), 2, False)
+    def __call__(self, path: Path, exact: bool = False) -> tuple[float, float]:
+        """IoU mean and min with the service's session, or (exact) with graph optimisation off: each QDQ triple
+        in float, what a CPU with exact int8 kernels (VNNI) computes (docs/models.md, 7-bit weights)."""
+        if exact:
+            options = ort.SessionOptions()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            options.intra_op_num_threads = 2
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        else:
+            session = create_session(str(path), 2, False)
         ious = []
         for size, tensor, ref in self.items:
             out = session.run([session.get_outputs()[0].name], {session.get_inputs()[0].name: tensor})[0]
@@ -74,12 +94,16 @@ class Scorer:
         return statistics.mean(ious), min(ious)
 
 
-def build(model, names: tuple[str, ...], work: Path, cache: Path) -> Path:
-    """model_build.quantize with the recipe's ranges and the mask head plus `names` (roles or nodes) in float."""
+def build(model, names: tuple[str, ...], work: Path, cache: Path, rescale: bool = True, seven_bit: bool = False) -> Path:
+    """model_build.quantize with the recipe's ranges and the mask head plus `names` (roles or nodes) in float;
+    rescale=False leaves out the recipe's channel rescaling (and its cached ranges belong to that graph),
+    seven_bit builds 7-bit weights (reduce_range)."""
     roles = tuple(n for n in names if n == "first_conv")
     recipe = replace(RECIPE, exclude=("mask_conv", "mask_sigmoid") + roles,
-                     exclude_nodes=tuple(n for n in names if n != "first_conv"), min_opset=None)
+                     exclude_nodes=tuple(n for n in names if n != "first_conv"), min_opset=None,
+                     rescaled_channels=RECIPE.rescaled_channels if rescale else (), reduce_range=seven_bit)
     path = work / "variant.onnx"
+    cache = cache.with_name(f"{cache.stem}-{'rescaled' if rescale else 'plain'}.json")
     path.write_bytes(model_build.quantize(model, model_build.calibration_images(), recipe, work, cache, SPEC))
     return path
 
@@ -89,6 +113,7 @@ def main() -> int:
     parser.add_argument("--groups", type=int, default=0)
     parser.add_argument("--nodes", default="")
     parser.add_argument("--variants", action="store_true")
+    parser.add_argument("--exact", action="store_true", help="--variants: also score with exact int8 arithmetic")
     args = parser.parse_args()
     source = bundled_u2netp()
     if source is None:
@@ -121,10 +146,12 @@ def main() -> int:
                 mean, low = scorer(build(model, floats, work, cache))
                 print(f"| {name} | {mean:.4f} / {low:.4f} |", flush=True)
         if args.variants:
-            print("| in float | IoU mean / min |\n| --- | --- |")
-            for label, names in VARIANTS.items():
-                mean, low = scorer(build(model, names, work, cache))
-                print(f"| {label} | {mean:.4f} / {low:.4f} |", flush=True)
+            print("| in float | IoU mean / min |" + (" exact arithmetic |\n| --- | --- | --- |" if args.exact else "\n| --- | --- |"))
+            for label, (names, rescale, seven_bit) in VARIANTS.items():
+                path = build(model, names, work, cache, rescale, seven_bit)
+                mean, low = scorer(path)
+                exact = " {:.4f} / {:.4f} |".format(*scorer(path, exact=True)) if args.exact else ""
+                print(f"| {label} | {mean:.4f} / {low:.4f} |{exact}", flush=True)
     return 0
 
 

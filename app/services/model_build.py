@@ -43,6 +43,18 @@ class ModelBuildError(Exception):
 
 
 @dataclass(frozen=True)
+class ChannelRescale:
+    """Output `channel` of Conv `producer` becomes (x - low) * factor; Conv `consumer`, which reads it through
+    Relu / Resize / Concat, gets the weights / factor and low folded into its bias (rescale_channel)."""
+
+    producer: str
+    channel: int
+    consumer: str
+    low: float
+    factor: float
+
+
+@dataclass(frozen=True)
 class Recipe:
     """How to quantise. ``exclude`` names structural roles kept in float.
 
@@ -72,6 +84,11 @@ class Recipe:
     # Raise an older graph to this opset first (per-channel DequantizeLinear needs 13; u2netp is 11),
     # then let onnxruntime's quant_pre_process fold the Shape/Gather chains that size u2netp's Resizes.
     min_opset: int | None = None
+    # Near-constant Conv output channels re-centred and rescaled before quantising (rescale_channel).
+    rescaled_channels: tuple[ChannelRescale, ...] = ()
+    # Nodes whose output passes through an int8 1x1 identity Conv (identity_conv_after): onnxruntime's NHWC
+    # layout then starts right there instead of at the first int8 Conv after a float one.
+    identity_conv_after: tuple[str, ...] = ()
 
 
 # 7-bit weights: on x86 CPUs without VNNI (AVX2, AVX-512 before Cascade Lake, AMD before Zen 4) onnxruntime
@@ -80,21 +97,26 @@ class Recipe:
 # 0.9846 / 0.942 instead of 0.9928 / 0.967 on a Zen 3 EPYC). Two 7-bit products always fit, on every CPU.
 DEFAULT_RECIPE = Recipe(reduce_range=True)
 
-# u2netp: MinMax ranges; in float the first Conv (the normalised photo spans a wide range), the mask head,
-# side6's Conv (one output channel, an 11.9 weight among <= 1.8 ones) and the two decoder chains whose
-# Conv feeds a near-constant channel (Conv_765's channel 14 is 228 on every photo, the other 31 at most
-# 72) through Relu, Resize and Concat into the next Conv: quantised, that one channel sets the step of all
-# 32, and Conv_787 alone drops the IoU to 0.69. Conv_44 (2 MMAC) is the cheapest of the rest that lifts
-# the fixtures' minimum over 0.97. How each was found: docs/models.md ("u2netp-int8: the recipe").
+# u2netp: MinMax ranges and 8-bit weights (7-bit ones, isnet-general-tiny's cure for CPUs without VNNI, cost
+# u2netp's masks more than that saturation does); in float the first Conv (in int8 the fixtures' minimum IoU
+# falls under 0.97), the mask head, side6's Conv (one output channel, an 11.9 weight among <= 1.8 ones) and
+# Conv_44 (2 MMAC, the cheapest Conv that lifts the fixtures' minimum over 0.97). Two decoder channels that sit
+# far above the others are rescaled, so their chains run in int8 (kept in float, 0.65 GMAC took 17.6 % of the
+# time). How each was found: docs/models.md ("u2netp-int8: the recipe").
 U2NETP_INT8_RECIPE = Recipe(
     calibrate_method="MinMax",
     exclude=("first_conv", "mask_conv", "mask_sigmoid"),
-    exclude_nodes=(
-        "Conv_44", "Conv_1026",
-        "Conv_765", "Relu_766", "Resize_785", "Concat_786", "Conv_787",
-        "Conv_898", "Relu_899", "Resize_918", "Concat_919", "Conv_920",
-    ),
+    exclude_nodes=("Conv_44", "Conv_1026"),
     min_opset=13,
+    # Conv_0 stays float, and without this the QLinearAdd, MaxPool and Concat that read its output ran in
+    # NCHW: 63 of 723 ms (1 thread) went to a NCHW MaxPool and Transposes of 320x320 maps.
+    identity_conv_after=("Relu_1",),
+    # Conv_765's channel 14 is 226-228 (the other 15 at most 73) and Conv_898's channel 12 is 52-54 (the
+    # others at most 11) on the calibration images: re-centred and scaled to the others' range.
+    rescaled_channels=(
+        ChannelRescale("Conv_765", 14, "Conv_787", low=225.0, factor=24.0),
+        ChannelRescale("Conv_898", 12, "Conv_920", low=51.0, factor=3.5),
+    ),
 )
 
 RECIPES: dict[str, Recipe] = {TINY: DEFAULT_RECIPE, U2NETP_INT8: U2NETP_INT8_RECIPE}
@@ -373,10 +395,18 @@ def quantize(
     if recipe.min_opset is not None:
         model = fold_shapes(model, recipe.min_opset, workdir)
     exclude = role_nodes(model, recipe.exclude) + list(recipe.exclude_nodes)
-    missing = sorted(set(recipe.exclude_nodes) - {n.name for n in model.graph.node})
+    named = {r.producer for r in recipe.rescaled_channels} | {r.consumer for r in recipe.rescaled_channels}
+    named |= set(recipe.identity_conv_after)
+    missing = sorted((set(recipe.exclude_nodes) | named) - {n.name for n in model.graph.node})
     if missing:
         raise ModelBuildError(f"the source has no node {', '.join(missing)}: not the model this recipe is for")
     reader = ImageCalibrationReader(images, input_name(model), input_size(model), spec)
+    if recipe.rescaled_channels:
+        _check_channel_lows(model, recipe.rescaled_channels, reader)
+        for rescale in recipe.rescaled_channels:
+            model = rescale_channel(model, rescale)
+    for name in recipe.identity_conv_after:
+        model = identity_conv_after(model, name)
     extra: dict[str, object] = {"CalibStridedMinMax": 1}  # one image at a time
     if recipe.calibrate_method == "Percentile":
         extra["CalibPercentile"] = recipe.percentile
@@ -409,6 +439,152 @@ def quantize(
     q.producer_name = "pixport-isnet-tiny-build"
     q.producer_version = "1"
     return q.SerializeToString()
+
+
+def _conv_parameters(model: onnx.ModelProto, conv: onnx.NodeProto) -> tuple[TensorProto, TensorProto]:
+    """A Conv's weight and bias initializers (a zero bias is added if it has none); both must be its own."""
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    groups = [a.i for a in conv.attribute if a.name == "group"]
+    if conv.op_type != "Conv" or conv.input[1] not in inits or (groups and groups[0] != 1):
+        raise ModelBuildError(f"{conv.name} is not a plain Conv with constant weights")
+    weight = inits[conv.input[1]]
+    if len(conv.input) < 3 or not conv.input[2]:
+        name = f"{conv.name}_bias"
+        g.initializer.append(numpy_helper.from_array(np.zeros(weight.dims[0], np.float32), name))
+        del conv.input[2:]
+        conv.input.append(name)
+        inits[name] = g.initializer[-1]
+    shared = [n.name for n in g.node if n is not conv and {conv.input[1], conv.input[2]} & set(n.input)]
+    if shared or conv.input[2] not in inits:
+        raise ModelBuildError(f"{conv.name}'s weights or bias are shared with {', '.join(shared) or 'no initializer'}")
+    return weight, inits[conv.input[2]]
+
+
+def _channel_offset(model: onnx.ModelProto, rescale: ChannelRescale) -> int:
+    """Where the producer's channels sit in the consumer's input: the path must be single-consumer Relu /
+    Resize / MaxPool nodes (they commute with x -> (x - low) * factor while x >= low), at most one Concat on
+    axis 1, then the consumer."""
+    g = model.graph
+    nodes = {n.name: n for n in g.node}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in g.node:
+        for name in n.input:
+            consumers.setdefault(name, []).append(n)
+    typed = onnx.shape_inference.infer_shapes(model)
+    channels = {vi.name: vi.type.tensor_type.shape.dim[1].dim_value for vi in typed.graph.value_info
+                if len(vi.type.tensor_type.shape.dim) > 1}
+    tensor, offset = nodes[rescale.producer].output[0], 0
+    while True:
+        after = [n for n in consumers.get(tensor, []) if n.op_type != "Shape"]  # a Shape reads no values
+        if len(after) != 1:
+            raise ModelBuildError(f"{rescale.producer}'s channel reaches {len(after)} nodes, not only {rescale.consumer}")
+        node = after[0]
+        if node.name == rescale.consumer:
+            if node.input[0] != tensor:
+                raise ModelBuildError(f"{rescale.consumer} reads {rescale.producer}'s output as weights")
+            return offset
+        if node.op_type == "Concat":
+            axis = [a.i for a in node.attribute if a.name == "axis"]
+            before = list(node.input).index(tensor)
+            if axis != [1] or any(not channels.get(name) for name in node.input[:before]):
+                raise ModelBuildError(f"{node.name}: channel offset of {rescale.producer}'s output unknown")
+            offset += sum(channels[name] for name in node.input[:before])
+        elif node.op_type not in ("Relu", "Resize", "MaxPool"):
+            raise ModelBuildError(f"{node.name} ({node.op_type}) between {rescale.producer} and {rescale.consumer} "
+                                  "does not commute with rescaling a channel")
+        tensor = node.output[0]
+
+
+def rescale_channel(model: onnx.ModelProto, rescale: ChannelRescale) -> onnx.ModelProto:
+    """A copy where the producer's output channel is (x - low) * factor and the consumer compensates.
+
+    A channel that sits far above the others (u2netp's Conv_765 channel 14: 226-228 where the other 15 reach
+    73) sets the one uint8 step of every tensor it passes through, so the other channels keep a handful of
+    levels; its consumer reads its small variations with weights 35x the others' (5.6 against <= 0.16),
+    which sets the consumer's per-channel weight steps too. Re-centred and scaled, the channel spans the
+    others' range and the consumer's weights shrink by `factor` to theirs. Relu, linear Resize and MaxPool
+    commute with the map while x >= low (_check_channel_lows), and low * (the consumer's weights for that
+    channel) goes into its bias. That is exact except on the consumer's one-pixel output border, where its
+    zero padding used to cut taps of the constant: on the six fixture photos the fp32 graph rescaled this
+    way keeps IoU 0.9989 / 0.9955 with the original's masks (docs/models.md).
+    """
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    nodes = {n.name: n for n in model.graph.node}
+    offset = _channel_offset(model, rescale)
+    weight, bias = _conv_parameters(model, nodes[rescale.producer])
+    w, b = numpy_helper.to_array(weight).astype(np.float32), numpy_helper.to_array(bias).astype(np.float32)
+    if not 0 <= rescale.channel < w.shape[0] or rescale.factor <= 0:
+        raise ModelBuildError(f"{rescale.producer} has no output channel {rescale.channel} (or the factor is not positive)")
+    w[rescale.channel] *= np.float32(rescale.factor)
+    b[rescale.channel] = (b[rescale.channel] - np.float32(rescale.low)) * np.float32(rescale.factor)
+    weight.CopyFrom(numpy_helper.from_array(w, weight.name))
+    bias.CopyFrom(numpy_helper.from_array(b, bias.name))
+    weight, bias = _conv_parameters(model, nodes[rescale.consumer])
+    w, b = numpy_helper.to_array(weight).astype(np.float32), numpy_helper.to_array(bias).astype(np.float32)
+    j = offset + rescale.channel
+    b += np.float32(rescale.low) * w[:, j].sum(axis=(1, 2))
+    w[:, j] /= np.float32(rescale.factor)
+    weight.CopyFrom(numpy_helper.from_array(w, weight.name))
+    bias.CopyFrom(numpy_helper.from_array(b, bias.name))
+    return model
+
+
+def identity_conv_after(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
+    """A copy where node `name`'s output reaches its consumers through a 1x1 Conv with identity weights.
+
+    Quantised, that Conv is exact (weights 127 at scale 1/127, the same activation range in and out), and it
+    is an int8 Conv that onnxruntime's layout transformer converts to NHWC together with what follows. Without
+    it, the int8 nodes that read a float Conv's output (u2netp's Conv_0: the stage-1 Add, the MaxPool after
+    it, the last decoder Concat) stayed NCHW with a Transpose of a 320x320 map on either side.
+    """
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    g = model.graph
+    node = next((n for n in g.node if n.name == name), None)
+    if node is None:
+        raise ModelBuildError(f"the source has no node {name}: not the model this recipe is for")
+    typed = onnx.shape_inference.infer_shapes(model)
+    dims = next((vi.type.tensor_type.shape.dim for vi in typed.graph.value_info if vi.name == node.output[0]), [])
+    if len(dims) != 4 or not dims[1].dim_value:
+        raise ModelBuildError(f"{name}'s output is not a 4-D tensor with a known channel count")
+    channels, tensor = dims[1].dim_value, node.output[0]
+    bridged = f"{tensor}_identity"
+    for other in g.node:
+        for i, value in enumerate(other.input):
+            if value == tensor:
+                other.input[i] = bridged
+    weight = np.eye(channels, dtype=np.float32).reshape(channels, channels, 1, 1)
+    g.initializer.extend([numpy_helper.from_array(weight, f"{name}_identity_w"),
+                          numpy_helper.from_array(np.zeros(channels, np.float32), f"{name}_identity_b")])
+    conv = helper.make_node("Conv", [tensor, f"{name}_identity_w", f"{name}_identity_b"], [bridged],
+                            name=f"{name}_identity", kernel_shape=[1, 1])
+    g.node.insert(list(g.node).index(node) + 1, conv)
+    return model
+
+
+def _check_channel_lows(model: onnx.ModelProto, rescales: Sequence[ChannelRescale],
+                        reader: ImageCalibrationReader) -> None:
+    """Each rescaled channel stays above its `low` on every calibration image (else Relu would clip it)."""
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto.FromString(model.SerializeToString())
+    producers = {n.name: n for n in probe.graph.node}
+    outputs = [producers[r.producer].output[0] for r in rescales]
+    for name in outputs:
+        probe.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    lows = [float("inf")] * len(rescales)
+    reader.rewind()
+    for feed in reader:
+        for i, (value, rescale) in enumerate(zip(session.run(outputs, feed), rescales)):
+            lows[i] = min(lows[i], float(value[0, rescale.channel].min()))
+    reader.rewind()
+    for low, rescale in zip(lows, rescales):
+        if low < rescale.low:
+            raise ModelBuildError(f"{rescale.producer} channel {rescale.channel} falls to {low:.2f} on the calibration "
+                                  f"images, below the recipe's low {rescale.low}: not the model this recipe is for")
 
 
 def fold_shapes(model: onnx.ModelProto, min_opset: int, workdir: Path | None = None) -> onnx.ModelProto:
