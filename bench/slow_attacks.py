@@ -182,6 +182,7 @@ class Samples:
     health: list[Probe] = field(default_factory=list)
     rss_mb: list[tuple[float, float]] = field(default_factory=list)
     spool_mb: list[float] = field(default_factory=list)
+    tcp_kernel_mb: list[float] = field(default_factory=list)
 
 
 def spool_bytes(pid: int, folder: Path) -> int:
@@ -211,6 +212,15 @@ def cpu_s(pid: int | None) -> float | None:
     except (OSError, TypeError):
         return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tcp_kernel_mb() -> float:
+    """Kernel memory in TCP socket buffers (/proc/net/sockstat, network-namespace wide), MB."""
+    for line in Path("/proc/net/sockstat").read_text().splitlines():
+        if line.startswith("TCP:"):
+            fields = line.split()
+            return int(fields[fields.index("mem") + 1]) * os.sysconf("SC_PAGE_SIZE") / MB
+    return 0.0
 
 
 def listen_drops() -> dict[str, int]:
@@ -276,6 +286,7 @@ def run_attack(attack: Attack, base: str, seconds: float, photo: bytes, server: 
             samples.rss_mb.append((time.monotonic(), whole_rss_mb(server.master)))
             samples.spool_mb.append(sum(spool_bytes(pid, server.upload_folder)
                                         for pid in common.children_of(server.master)) / MB)
+            samples.tcp_kernel_mb.append(tcp_kernel_mb())
             done.wait(0.2)
 
     idle_mb = whole_rss_mb(server.master) if server is not None else None
@@ -342,6 +353,7 @@ def run_attack(attack: Attack, base: str, seconds: float, photo: bytes, server: 
         if server is not None else None,
         "rss_after_mb": after_mb, "rss_after_s": after_s,
         "spool_peak_mb": round(max(samples.spool_mb, default=0.0), 1) if server is not None else None,
+        "tcp_kernel_peak_mb": round(max(samples.tcp_kernel_mb, default=0.0), 1) if server is not None else None,
     }
 
 
