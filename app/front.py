@@ -41,6 +41,7 @@ import socket
 import struct
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from types import SimpleNamespace
@@ -48,6 +49,7 @@ from typing import IO, Any, Awaitable, Callable
 
 import h11
 from a2wsgi import WSGIMiddleware
+from a2wsgi.wsgi import Body, build_environ
 from werkzeug.wsgi import FileWrapper
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn_worker import UvicornWorker
@@ -622,7 +624,7 @@ class Front:
         self.responses = Budget(limits.response_memory_bytes)
         self.bodies = BufferedBodies(WSGIMiddleware(_with_file_wrapper(wsgi_app), workers=threads), limits, spool_dir,
                                      self.memory, self.disk)
-        self.health = WSGIMiddleware(wsgi_app, workers=HEALTH_THREADS)
+        self.health = WholeResponse(wsgi_app, HEALTH_THREADS)
         self.access_log = access_log
         self.probe_since: float | None = None  # when the pending watchdog probe started
 
@@ -679,6 +681,44 @@ class Front:
         finally:
             self.probe_since = None
         return answered
+
+
+class WholeResponse:
+    """ASGI for health checks: the WSGI app on threads of its own, its whole response handed back at once.
+
+    a2wsgi's thread waits for the event loop to take each message (status, body, end) in turn; under a
+    connection flood every such crossing waits for a turn of a busy loop, and health took seconds. A
+    health answer is a few hundred bytes, so one crossing, when the thread finishes, is enough.
+    """
+
+    def __init__(self, wsgi_app: Any, threads: int) -> None:
+        self.app = wsgi_app
+        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="health")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        loop = asyncio.get_running_loop()
+        environ = build_environ(scope, Body(loop, receive))
+        status, headers, body = await loop.run_in_executor(self.executor, _whole_response, self.app, environ)
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _whole_response(wsgi_app: Any, environ: dict) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """Run a WSGI app to the end: (status, headers, body)."""
+    chunks: list[bytes] = []
+    started: list[Any] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable:
+        started[:] = [int(status.split(" ", 1)[0]),
+                      [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers]]
+        return chunks.append
+
+    iterable = wsgi_app(environ, start_response)
+    try:
+        chunks.extend(iterable)
+    finally:
+        getattr(iterable, "close", lambda: None)()
+    return started[0], started[1], b"".join(chunks)
 
 
 def _with_file_wrapper(wsgi_app: Any) -> Any:

@@ -23,7 +23,7 @@ import requests
 from PIL import Image
 
 from app.config import Config, ConfigError
-from app.front import LINGER_S, PROBE_INTERVAL_S, STUCK_AFTER_S, Budget, BufferedBodies, Limits
+from app.front import LINGER_S, PROBE_INTERVAL_S, STUCK_AFTER_S, Budget, BufferedBodies, Limits, WholeResponse
 from tests.conftest import gunicorn, image_bytes, photo, wait_healthy
 
 THREADS = 12  # gunicorn.conf.py's default GUNICORN_THREADS
@@ -531,3 +531,37 @@ def test_a_budget_grants_waiters_in_turn_and_expires_the_rest():
         return outcome + [await granted, budget.used]
 
     assert asyncio.run(main()) == [False, True, True, 10]
+
+
+def test_a_health_answer_needs_the_event_loop_only_once():
+    """The health threads run the app to its end without waiting for the event loop (a2wsgi's thread waits
+    for the loop to take each message; under a flood each wait is a turn of a busy loop): with the loop
+    blocked, the app still finishes, and its whole answer is sent once the loop runs again."""
+    finished = threading.Event()
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "application/json")])
+        yield b'{"status": '
+        yield b'"healthy"}'
+        finished.set()
+
+    async def main() -> list[dict]:
+        sent: list[dict] = []
+
+        async def receive():
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "method": "GET", "path": "/api/bg/health", "query_string": b"", "headers": [],
+                 "http_version": "1.1", "root_path": ""}
+        task = asyncio.ensure_future(WholeResponse(app, 1)(scope, receive, send))
+        await asyncio.sleep(0)  # the task hands the request to its thread
+        assert finished.wait(timeout=2)  # the loop is blocked here, and the app has finished regardless
+        await task
+        return sent
+
+    sent = asyncio.run(main())
+    assert [message["type"] for message in sent] == ["http.response.start", "http.response.body"]
+    assert sent[0]["status"] == 200 and sent[1]["body"] == b'{"status": "healthy"}'
