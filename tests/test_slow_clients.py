@@ -142,13 +142,15 @@ def test_a_client_that_reads_slowly_still_gets_its_whole_response(server: str):
 
 
 def test_a_header_that_never_finishes_and_an_idle_connection_are_closed(server: str):
+    """Both are reset at the header deadline."""
     idle = _connect(server)
     half = _connect(server)
     half.sendall(b"GET /api/bg/health HTTP/1.1\r\nHost: x\r\nX-Slow")
     for sock in (idle, half):
-        closed, received = _closed_by_server(sock, within_s=float(LIMITS["HEADER_TIMEOUT_S"]) + 3)
+        sock.settimeout(float(LIMITS["HEADER_TIMEOUT_S"]) + 3)
+        with pytest.raises(ConnectionResetError):
+            sock.recv(1)
         sock.close()
-        assert closed and received == b""
 
 
 def test_slowloris_clients_are_dropped_and_do_not_starve_health(server: str):
@@ -293,12 +295,14 @@ def test_a_refused_upload_gets_its_answer_not_a_reset(server: str):
 
 
 def test_past_the_connection_bound_the_longest_waiting_connection_makes_room(server: str):
-    """MAX_CONNECTIONS idle connections: a new client is served, and the oldest idle one is closed for it."""
+    """MAX_CONNECTIONS idle connections: a new client is served, and the oldest idle one is closed for it,
+    with a reset (no FIN exchange, no TIME_WAIT on the server)."""
     idle = [_connect(server) for _ in range(int(LIMITS["MAX_CONNECTIONS"]))]
     try:
         time.sleep(0.3)
         assert requests.get(f"{server}/api/bg/status", timeout=5).status_code == 200
-        assert _closed_by_server(idle[0], within_s=1)[0]
+        with pytest.raises(ConnectionResetError):
+            idle[0].recv(1)
         assert not _closed_by_server(idle[-1], within_s=0.2)[0]
     finally:
         for sock in idle:
