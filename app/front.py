@@ -9,13 +9,14 @@ as fast as the client reads (Outbox). Every resource a client can hold has a bou
   connection has a request in flight, the new one's request gets 503 with Retry-After, except
   GET /api/bg/health, which a platform's probe must still get through a connection flood;
 - header deadline: a connection whose request head has not arrived HEADER_TIMEOUT_S after it opened is
-  closed (uvicorn's keep-alive timeout covers the time between requests; h11 bounds the head's size);
+  reset (uvicorn's keep-alive timeout covers the time between requests; h11 bounds the head's size);
+  displaced connections are reset too (SO_LINGER 0: no FIN exchange, no TIME_WAIT);
 - body deadline: a body not fully arrived BODY_TIMEOUT_S after its head gets 408;
 - request bodies: small ones in memory up to BODY_MEMORY_MB in total, the rest in anonymous temp files in
-  UPLOAD_FOLDER up to SPOOL_MAX_MB in total, reserved by Content-Length before a byte is read; past
-  either a request gets 503 with Retry-After at once. Sockets are read READ_BYTES at a time, and not past
-  a request head until the app asks for the body, so what no budget counts is about one read per
-  connection; a request refused while its body is arriving is answered, then the rest is discarded for
+  UPLOAD_FOLDER up to SPOOL_MAX_MB in total, reserved by Content-Length before a byte is read; an upload
+  that does not fit waits, unread, up to SPOOL_WAIT_S for room, then gets 503 with Retry-After (a chunked
+  body past either total at once). Sockets are read READ_BYTES at a time, and not past a request head
+  until the app asks for the body, so what no budget counts is about one read per connection; a request refused while its body is arriving is answered, then the rest is discarded for
   LINGER_S before the connection closes (a close on unread data would reset it);
 - responses waiting for slow readers: RESPONSE_MEMORY_MB in total; past it the connection is aborted;
 - send deadline: the kernel's send buffer is capped (SEND_BUFFER_BYTES); a connection whose write buffer has not drained (below the low-water mark) within
@@ -26,7 +27,8 @@ The worker's heartbeat means "can serve": it is sent only when a /api/bg/health 
 BufferedBodies and the main thread pool, has completed since the last one. A worker whose threads are all
 stuck (or whose event loop is) stops beating, and gunicorn's arbiter replaces it after `timeout`. Clients'
 health checks run on HEALTH_THREADS threads of their own, so that they never queue behind other requests,
-and answer 503 once the watchdog's probe has waited STUCK_AFTER_S.
+hand their answer to the event loop once (WholeResponse), and answer 503 once the watchdog's probe has
+waited STUCK_AFTER_S.
 
 gunicorn.conf.py selects it: worker_class = "app.front.FrontWorker".
 """
@@ -70,11 +72,6 @@ REPLAY_CHUNK_BYTES = 64 * 1024
 # kept the threads busy long enough under slowhttptest -X to delay health by seconds.
 FILE_CHUNK_BYTES = 256 * 1024
 RETRY_AFTER_S = 5
-# An upload whose declared length does not fit the spool budget waits this long for room, unread and
-# holding no thread, before its 503: a client would wait Retry-After anyway, room that frees meanwhile
-# serves it, and a flood that retries at once after each refusal costs the event loop (accepting,
-# parsing, answering, closing) a fraction as often (docs/performance.md).
-ROOM_WAIT_S = 5.0
 # A request head's size: h11 refuses an incomplete head past it (its own default); the Front refuses a
 # complete one past it with 431 (h11 accepts a longer head that arrives in one read).
 MAX_HEAD_BYTES = 16 * 1024
