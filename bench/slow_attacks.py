@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import signal
 import socket
@@ -232,7 +233,8 @@ def listen_drops() -> dict[str, int]:
 
 def _probe(base: str, timeout_s: float = 5.0) -> Probe:
     """GET /api/bg/health on a new connection, timed in its two waits: the connect (a SYN dropped at a full
-    accept queue is retried after 1 s) and the request's answer (the server's event loop and threads)."""
+    accept queue is retried after 1 s) and the answer's first byte (the server's event loop and threads);
+    the total runs to the end of the body (as a client that reads Content-Length bytes)."""
     host, port = base.split("//", 1)[1].rsplit(":", 1)
     started = time.monotonic()
     connected = first = float("inf")
@@ -244,10 +246,14 @@ def _probe(base: str, timeout_s: float = 5.0) -> Probe:
             sock.sendall(b"GET /api/bg/health HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n")
             received = sock.recv(65536)
             first = time.monotonic()
-            while chunk := sock.recv(65536):
+            while b"\r\n\r\n" not in received and (chunk := sock.recv(65536)):
                 received += chunk
-            ok = received.startswith(b"HTTP/1.1 200 ")
-    except OSError:
+            head, _, body = received.partition(b"\r\n\r\n")
+            length = int(re.search(rb"(?im)^content-length: *(\d+)", head).group(1))
+            while len(body) < length and (chunk := sock.recv(65536)):
+                body += chunk
+            ok = head.startswith(b"HTTP/1.1 200 ") and len(body) == length
+    except (OSError, AttributeError):  # AttributeError: an answer without Content-Length
         pass
     ended = time.monotonic()
     return Probe(started, connected - started, first - connected, ended - started if ok else float("inf"))
