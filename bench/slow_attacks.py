@@ -344,6 +344,8 @@ def run_attack(attack: Attack, base: str, seconds: float, photo: bytes, server: 
         "health_probes": len(during),
         "health_worst_s": worst.total_s if worst else None,
         "health_worst_split_s": [round(worst.connect_s, 3), round(worst.first_byte_s, 3)] if worst else None,
+        "health_worst_at_s": round(worst.at - began, 1) if worst else None,
+        "upload_window_s": [round(upload_started - began, 1), round(upload_started + upload_s - began, 1)],
         "health_connect_worst_s": round(max(probe.connect_s for probe in during), 3) if during else None,
         "health_first_byte_worst_s": round(max(probe.first_byte_s for probe in during), 3) if during else None,
         "health_failed": sum(1 for probe in during if probe.total_s == float("inf")),
