@@ -112,6 +112,7 @@ def _spool_max_mb(env: Mapping[str, str], max_file_size_mb: int) -> int:
 FRONT_RANGES: dict[str, tuple[float, float]] = {
     "MAX_CONNECTIONS": (10, 1_000_000), "HEADER_TIMEOUT_S": (0.1, 600.0), "BODY_TIMEOUT_S": (0.1, 3600.0),
     "SEND_TIMEOUT_S": (0.1, 3600.0), "BODY_MEMORY_MB": (1, 65536), "RESPONSE_MEMORY_MB": (1, 65536),
+    "SPOOL_WAIT_S": (0.0, 600.0),
 }
 
 
@@ -169,6 +170,8 @@ class Config:
     body_memory_mb: int = 16
     spool_max_mb: int = 256
     response_memory_mb: int = 32
+    # An upload that does not fit the spool waits this long for room, unread, before its 503.
+    spool_wait_s: float = 5.0
 
     @property
     def max_content_length(self) -> int:

@@ -9,13 +9,14 @@ as fast as the client reads (Outbox). Every resource a client can hold has a bou
   connection has a request in flight, the new one's request gets 503 with Retry-After, except
   GET /api/bg/health, which a platform's probe must still get through a connection flood;
 - header deadline: a connection whose request head has not arrived HEADER_TIMEOUT_S after it opened is
-  closed (uvicorn's keep-alive timeout covers the time between requests; h11 bounds the head's size);
+  reset (uvicorn's keep-alive timeout covers the time between requests; h11 bounds the head's size);
+  displaced connections are reset too (SO_LINGER 0: no FIN exchange, no TIME_WAIT);
 - body deadline: a body not fully arrived BODY_TIMEOUT_S after its head gets 408;
 - request bodies: small ones in memory up to BODY_MEMORY_MB in total, the rest in anonymous temp files in
-  UPLOAD_FOLDER up to SPOOL_MAX_MB in total, reserved by Content-Length before a byte is read; past
-  either a request gets 503 with Retry-After at once. Sockets are read READ_BYTES at a time, and not past
-  a request head until the app asks for the body, so what no budget counts is about one read per
-  connection; a request refused while its body is arriving is answered, then the rest is discarded for
+  UPLOAD_FOLDER up to SPOOL_MAX_MB in total, reserved by Content-Length before a byte is read; an upload
+  that does not fit waits, unread, up to SPOOL_WAIT_S for room, then gets 503 with Retry-After (a chunked
+  body past either total at once). Sockets are read READ_BYTES at a time, and not past a request head
+  until the app asks for the body, so what no budget counts is about one read per connection; a request refused while its body is arriving is answered, then the rest is discarded for
   LINGER_S before the connection closes (a close on unread data would reset it);
 - responses waiting for slow readers: RESPONSE_MEMORY_MB in total; past it the connection is aborted;
 - send deadline: the kernel's send buffer is capped (SEND_BUFFER_BYTES); a connection whose write buffer has not drained (below the low-water mark) within
@@ -26,19 +27,23 @@ The worker's heartbeat means "can serve": it is sent only when a /api/bg/health 
 BufferedBodies and the main thread pool, has completed since the last one. A worker whose threads are all
 stuck (or whose event loop is) stops beating, and gunicorn's arbiter replaces it after `timeout`. Clients'
 health checks run on HEALTH_THREADS threads of their own, so that they never queue behind other requests,
-and answer 503 once the watchdog's probe has waited STUCK_AFTER_S.
+hand their answer to the event loop once (WholeResponse), and answer 503 once the watchdog's probe has
+waited STUCK_AFTER_S.
 
 gunicorn.conf.py selects it: worker_class = "app.front.FrontWorker".
 """
 from __future__ import annotations
 
 import asyncio
+import collections
 import io
 import json
 import logging
 import socket
+import struct
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from types import SimpleNamespace
@@ -46,6 +51,7 @@ from typing import IO, Any, Awaitable, Callable
 
 import h11
 from a2wsgi import WSGIMiddleware
+from a2wsgi.wsgi import Body, build_environ
 from werkzeug.wsgi import FileWrapper
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn_worker import UvicornWorker
@@ -82,6 +88,7 @@ READ_BYTES = 16 * 1024
 # destroy the answer before the client reads it.
 LINGER_S = 2.0
 DRAIN_READ_BYTES = 256 * 1024  # reads while discarding: nothing is kept, so fewer and larger is cheaper
+RESET_LINGER = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a reset
 # Lingering is itself a resource (reading what a flood sends costs CPU): past this many connections
 # lingering at once, a refused connection is closed at once instead.
 MAX_LINGERING = 64
@@ -112,11 +119,16 @@ class Limits:
     spool_bytes: int
     response_memory_bytes: int
     max_body: int | None
+    # An upload whose declared length does not fit the spool waits this long for room, unread and holding
+    # no thread, before its 503: room that frees meanwhile serves it, and a flood that retries as soon as
+    # it is refused costs the event loop (accept, parse, answer, close) a fraction as often.
+    spool_wait_s: float = 0.0
 
     @classmethod
     def from_config(cls, config: Config, max_body: int | None) -> "Limits":
         return cls(config.max_connections, config.header_timeout_s, config.body_timeout_s, config.send_timeout_s,
-                   config.body_memory_mb * MB, config.spool_max_mb * MB, config.response_memory_mb * MB, max_body)
+                   config.body_memory_mb * MB, config.spool_max_mb * MB, config.response_memory_mb * MB, max_body,
+                   config.spool_wait_s)
 
 
 class Budget:
@@ -126,6 +138,7 @@ class Budget:
         self.capacity = capacity
         self.used = 0
         self.peak = 0
+        self._waiters: collections.deque[tuple[int, asyncio.Future[bool]]] = collections.deque()
 
     def take(self, amount: int) -> bool:
         if self.used + amount > self.capacity:
@@ -134,8 +147,41 @@ class Budget:
         self.peak = max(self.peak, self.used)
         return True
 
+    async def take_within(self, amount: int, seconds: float) -> bool:
+        """Take `amount` now, or wait up to `seconds` for it in turn (first come, first served)."""
+        if not self._waiters and self.take(amount):
+            return True
+        if amount > self.capacity:
+            return False
+        loop = asyncio.get_running_loop()
+        waiter = (amount, loop.create_future())
+        self._waiters.append(waiter)
+        timer = loop.call_later(seconds, self._expire, waiter)
+        try:
+            return await waiter[1]
+        except asyncio.CancelledError:
+            if waiter[1].done() and not waiter[1].cancelled() and waiter[1].result():
+                self.give(amount)  # granted as the waiting task was cancelled
+            else:
+                self._expire(waiter)
+            raise
+        finally:
+            timer.cancel()
+
     def give(self, amount: int) -> None:
         self.used -= amount
+        self._grant()
+
+    def _grant(self) -> None:
+        while self._waiters and self.take(self._waiters[0][0]):
+            self._waiters.popleft()[1].set_result(True)
+
+    def _expire(self, waiter: tuple[int, asyncio.Future[bool]]) -> None:
+        if waiter in self._waiters:
+            self._waiters.remove(waiter)
+            if not waiter[1].done():
+                waiter[1].set_result(False)
+            self._grant()  # a smaller request behind it may fit
 
 
 class Refused(Exception):
@@ -150,12 +196,14 @@ class Refused(Exception):
 # --------------------------------------------------------------------------- the connection
 
 
-class GuardedH11Protocol(H11Protocol):
+class GuardedH11Protocol(H11Protocol, asyncio.BufferedProtocol):
     """uvicorn's h11 protocol plus the connection bound, the header deadline and the send deadline.
 
     Subclassed per worker with its Limits and its own sets of connections (guarded_protocol). Each
     request's scope["state"] carries the connection, so the ASGI layers can see whether it may write and
-    abort it.
+    abort it. As a BufferedProtocol it chooses how much each read takes, on asyncio's loop and uvloop
+    alike, into one buffer shared by the worker's connections (the loop reads one socket at a time and
+    the bytes are copied out at once).
     """
 
     limits: Limits
@@ -165,6 +213,7 @@ class GuardedH11Protocol(H11Protocol):
     lingering: set["GuardedH11Protocol"]  # the worker's connections in a lingering close
     open: set["GuardedH11Protocol"]  # all of the worker's connections
     displaced: set["GuardedH11Protocol"]  # closed to make room, not yet gone
+    read_buffer: memoryview  # DRAIN_READ_BYTES, shared by the worker's connections
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -180,8 +229,6 @@ class GuardedH11Protocol(H11Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
-        if hasattr(transport, "max_size"):
-            transport.max_size = READ_BYTES  # asyncio's selector transport: the size it passes to recv()
         if len(self.connections) - len(self.displaced) > self.limits.max_connections:
             self._displace_oldest_waiting()
         # Displaced connections close on a later turn of the loop: they no longer count.
@@ -211,12 +258,25 @@ class GuardedH11Protocol(H11Protocol):
             if not oldest.transport.is_closing():
                 log.debug("closing %s: %d connections, it waited longest", oldest.client, len(self.connections))
                 self.displaced.add(oldest)
-                oldest.transport.close()
+                oldest.reset()
                 return
 
-    def data_received(self, data: bytes) -> None:
-        if not self.draining:
-            super().data_received(data)
+    def reset(self) -> None:
+        """Close with a reset (SO_LINGER 0): no FIN exchange and no TIME_WAIT for a connection we drop."""
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET_LINGER)
+            except OSError:
+                pass  # already gone
+        self.transport.abort()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.read_buffer if self.draining else self.read_buffer[:READ_BYTES]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if not self.draining:  # lingering: what arrives is discarded unread
+            self.data_received(bytes(self.read_buffer[:nbytes]))
 
     def handle_events(self) -> None:
         super().handle_events()
@@ -233,7 +293,7 @@ class GuardedH11Protocol(H11Protocol):
         self._header_timer = None
         if self.cycle is None and not self.transport.is_closing():
             log.debug("closing %s: no request head within %.0f s", self.client, self.limits.header_timeout_s)
-            self.transport.close()
+            self.reset()
 
     def pause_writing(self) -> None:
         super().pause_writing()
@@ -266,8 +326,6 @@ class GuardedH11Protocol(H11Protocol):
             self.transport.close()
             return
         self.lingering.add(self)
-        if hasattr(self.transport, "max_size"):
-            self.transport.max_size = DRAIN_READ_BYTES
         if self.transport.can_write_eof():
             self.transport.write_eof()
         self.transport.resume_reading()
@@ -304,7 +362,8 @@ class GuardedH11Protocol(H11Protocol):
 
 
 def guarded_protocol(limits: Limits) -> type[GuardedH11Protocol]:
-    registers = {"waiting": {}, "lingering": set(), "open": set(), "displaced": set()}
+    registers = {"waiting": {}, "lingering": set(), "open": set(), "displaced": set(),
+                 "read_buffer": memoryview(bytearray(DRAIN_READ_BYTES))}
     return type("GuardedH11Protocol", (GuardedH11Protocol,), {"limits": limits, **registers})
 
 
@@ -390,13 +449,14 @@ class _Body:
         self._on_disk = 0
         self._reserved = 0  # disk reserved up front from Content-Length
 
-    def reserve(self, declared: int) -> None:
-        """A large declared body goes straight to disk: reserve all of it now or refuse before reading."""
+    async def reserve(self, declared: int, wait_s: float) -> None:
+        """A large declared body goes straight to disk: reserve all of it before reading a byte, waiting up
+        to `wait_s` for room (unread, the body waits in the kernel's buffers), or refuse it."""
         if declared <= SPOOL_IN_MEMORY_BYTES and self._memory.take(declared):
             self._in_memory = declared
             self._reserved = -1  # memory reserved: writes need no more
             return
-        if not self._disk.take(declared):
+        if not await self._disk.take_within(declared, wait_s):
             raise Refused(503, "the server is receiving too many uploads; try again shortly")
         self._reserved = self._on_disk = declared
         self._to_disk()
@@ -461,7 +521,7 @@ class BufferedBodies:
         try:
             try:
                 if declared is not None:
-                    body.reserve(declared)
+                    await body.reserve(declared, self.limits.spool_wait_s)
                 received = await asyncio.wait_for(self._receive_body(receive, body), self.limits.body_timeout_s)
             except asyncio.TimeoutError:
                 await send_json(send, 408,
@@ -561,7 +621,7 @@ class Front:
         self.responses = Budget(limits.response_memory_bytes)
         self.bodies = BufferedBodies(WSGIMiddleware(_with_file_wrapper(wsgi_app), workers=threads), limits, spool_dir,
                                      self.memory, self.disk)
-        self.health = WSGIMiddleware(wsgi_app, workers=HEALTH_THREADS)
+        self.health = WholeResponse(wsgi_app, HEALTH_THREADS)
         self.access_log = access_log
         self.probe_since: float | None = None  # when the pending watchdog probe started
 
@@ -618,6 +678,44 @@ class Front:
         finally:
             self.probe_since = None
         return answered
+
+
+class WholeResponse:
+    """ASGI for health checks: the WSGI app on threads of its own, its whole response handed back at once.
+
+    a2wsgi's thread waits for the event loop to take each message (status, body, end) in turn; under a
+    connection flood every such crossing waits for a turn of a busy loop, and health took seconds. A
+    health answer is a few hundred bytes, so one crossing, when the thread finishes, is enough.
+    """
+
+    def __init__(self, wsgi_app: Any, threads: int) -> None:
+        self.app = wsgi_app
+        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="health")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        loop = asyncio.get_running_loop()
+        environ = build_environ(scope, Body(loop, receive))
+        status, headers, body = await loop.run_in_executor(self.executor, _whole_response, self.app, environ)
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _whole_response(wsgi_app: Any, environ: dict) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """Run a WSGI app to the end: (status, headers, body)."""
+    chunks: list[bytes] = []
+    started: list[Any] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable:
+        started[:] = [int(status.split(" ", 1)[0]),
+                      [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers]]
+        return chunks.append
+
+    iterable = wsgi_app(environ, start_response)
+    try:
+        chunks.extend(iterable)
+    finally:
+        getattr(iterable, "close", lambda: None)()
+    return started[0], started[1], b"".join(chunks)
 
 
 def _with_file_wrapper(wsgi_app: Any) -> Any:

@@ -9,13 +9,15 @@ peak of their sum). Inputs are generated once into bench/out/hostile-inputs/.
     .venv/bin/python bench/hostile.py [--model isnet-general-tiny] [--model-dir /work/models]
         [--port 6050] [--case PREFIX ...] [--worker gthread] [--json OUT]
     .venv/bin/python bench/hostile.py --front [--connections 1000] [--idle 3000] [--seconds 30] [--case PREFIX ...]
-        [--target http://127.0.0.1:8080]
+        [--target http://127.0.0.1:8080] [--pin] [--profile DIR]
 
 --worker overrides gunicorn's worker class through GUNICORN_CMD_ARGS, to compare with the old gthread front.
 --front runs the attacks on the HTTP front instead (bench/slow_attacks.py: slowhttptest -H, -B, -R and -X
 with pipelining 1-5, and three socket floods), each against a fresh server, and prints health, recovery,
 memory and spool figures; with --target it attacks a server that is already running (a container) and
-reports health and recovery only.
+reports health and recovery only. --pin runs the server on CPU 0 and the attacker on CPU 1 (taskset), a closer
+picture of an attacker on another machine; --profile DIR records the worker with py-spy (PY_SPY, or py-spy on
+PATH) for the middle half of each attack.
 Exit status 1 if a case gets a status it should not (5xx, or a refusal of something that should be served),
 or, with --front, if an attack misses one of issue 16's goals.
 """
@@ -27,6 +29,7 @@ import json
 import os
 import socket
 import struct
+import subprocess
 import sys
 import tempfile
 import threading
@@ -50,6 +53,8 @@ INPUTS = common.BENCH / "out" / "hostile-inputs"
 DEPLOYED_ENV = {key: value for key, value in compare_rembg.dockerfile_runtime_env().items()
                 if key not in compare_rembg.NOT_FROM_DOCKERFILE}
 TIMEOUT_S = 180
+PIN_SERVER = ["taskset", "-c", "0"]
+PIN_ATTACKER = ["taskset", "-c", "1"]
 
 
 # --------------------------------------------------------------------------- inputs
@@ -401,7 +406,8 @@ def _server(args: argparse.Namespace, port: int) -> common.Server:
     env.update(BG_MODEL=args.model, MODEL_DIR=str(args.model_dir), LOG_LEVEL="warning")
     if args.worker:
         env["GUNICORN_CMD_ARGS"] = f"--worker-class {args.worker}"
-    argv = [str(common.VENV_BIN / "gunicorn"), *common.GUNICORN_APP]
+    argv = [*(PIN_SERVER if getattr(args, "pin", False) else []), str(common.VENV_BIN / "gunicorn"),
+            *common.GUNICORN_APP]
     return common.Server("hostile", argv, env, port, work / "server.log", work / "uploads", work / "processed")
 
 
@@ -435,19 +441,40 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _profile(args: argparse.Namespace, name: str, pid: int) -> threading.Thread:
+    """py-spy on `pid` for the middle half of the attack, into args.profile (collapsed stacks)."""
+    out = args.profile / (name.replace(" ", "_").replace(",", "").replace("/", "_") + ".txt")
+
+    def record() -> None:
+        time.sleep(args.seconds / 4)
+        subprocess.run([os.environ.get("PY_SPY", "py-spy"), "record", "--pid", str(pid), "--nonblocking",
+                        "--duration", str(max(1, int(args.seconds / 2))), "--rate", "200", "--format", "raw",
+                        "--threads", "--output", str(out)], stdout=subprocess.DEVNULL, check=False)
+
+    args.profile.mkdir(parents=True, exist_ok=True)
+    thread = threading.Thread(target=record, daemon=True)
+    thread.start()
+    return thread
+
+
 def run_front_case(args: argparse.Namespace, name: str, photo: bytes, port: int) -> dict:
     logs = Path(tempfile.mkdtemp(prefix="bench-front-"))
+    pin = PIN_ATTACKER if args.pin else []
     if args.target:
-        attack = slow_attacks.attacks(args.target, args.connections, args.seconds, logs, args.idle)[name]()
+        attack = slow_attacks.attacks(args.target, args.connections, args.seconds, logs, args.idle, pin)[name]()
         result = slow_attacks.run_attack(attack, args.target, args.seconds, photo, None)
         notes: list[str] = []
     else:
         with _server(args, port) as server:
             _post(server.base, "/api/bg/remove", {"file": ("p.jpg", photo)})  # the model loaded, as in service
-            attack = slow_attacks.attacks(server.base, args.connections, args.seconds, logs, args.idle)[name]()
+            attack = slow_attacks.attacks(server.base, args.connections, args.seconds, logs, args.idle, pin)[name]()
+            profiler = _profile(args, name, server.worker) if args.profile and server.worker else None
             result = slow_attacks.run_attack(attack, server.base, args.seconds, photo, server)
+            if profiler is not None:
+                profiler.join()
             server.check_worker()
             notes = server.notes
+    name += " (pinned: server CPU 0, attacker CPU 1)" if args.pin else ""
     result.update(attack=name, detail=attack.detail, notes=notes)
     result["missed"] = slow_attacks.verdict(result)
     return result
@@ -507,6 +534,8 @@ def main() -> int:
                         help="--front: connections of the idle/half-header flood (default 3 x --connections)")
     parser.add_argument("--seconds", type=float, default=30.0, help="--front: each attack's duration")
     parser.add_argument("--target", default="", help="--front: attack this running server instead")
+    parser.add_argument("--pin", action="store_true", help="--front: server on CPU 0, attacker on CPU 1 (taskset)")
+    parser.add_argument("--profile", type=Path, help="--front: py-spy the worker into this directory")
     args = parser.parse_args()
     if args.front and args.target:
         return front(args)

@@ -1,18 +1,26 @@
 """Attacks on the HTTP front for bench/hostile.py --front: slowhttptest in every mode, and three socket floods.
 
-Each attack runs for a fixed time against a server while a prober asks /api/bg/health every 0.25 s (a new
-connection each time, like a platform's health check) and one ordinary upload is sent halfway through.
-After the attack: how long until health answers within 1 s and THREADS requests at once all answer (no
-thread left blocked), and how long until RSS is back within 60 MB of the idle baseline (at most 30 s).
-A sampler reads the server's RSS and the bytes its worker holds open in UPLOAD_FOLDER (spooled bodies,
-anonymous files) every 0.2 s.
+Each attack runs in a process of its own (slowhttptest, or this file run as a script for a flood), so that its
+CPU time is its own (read with wait4) and it can be pinned to a CPU, for a fixed time against a server while
+a prober asks /api/bg/health every 0.25 s (a new connection each time, like a platform's health check; its
+time is split into connect and first byte) and one ordinary upload is sent halfway through. After the
+attack: how long until health answers within 1 s and THREADS requests at once all answer (no thread left
+blocked), and how long until RSS is back within 60 MB of the idle baseline (at most 30 s). A sampler reads
+the server's RSS and the bytes its worker holds open in UPLOAD_FOLDER (spooled bodies, anonymous files)
+every 0.2 s.
+
+    python bench/slow_attacks.py FLOOD_NAME BASE_URL CONNECTIONS   # one flood, until SIGTERM
 """
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
+import signal
+import socket
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -30,11 +38,28 @@ MB = 1024 * 1024
 
 @dataclass
 class Attack:
-    """Something hostile that runs for `seconds`: start() begins it, stop() ends it and closes its connections."""
+    """Something hostile that runs for `seconds` in a process of its own: start() begins it, stop() ends it
+    (closing its connections) and returns the CPU seconds the process used."""
 
     start: Callable[[], None]
-    stop: Callable[[], None]
+    stop: Callable[[], float]
     detail: str
+
+
+def _stop(process: subprocess.Popen, within_s: float, terminate: bool) -> float:
+    """End `process` (SIGTERM first if `terminate`, SIGKILL past `within_s`) and return its user + system CPU s."""
+    if terminate:
+        process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + within_s
+    while True:
+        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+        if pid:
+            process.returncode = os.waitstatus_to_exitcode(status)
+            return round(usage.ru_utime + usage.ru_stime, 2)
+        if time.monotonic() > deadline:
+            process.kill()
+            deadline = float("inf")
+        time.sleep(0.1)
 
 
 # --------------------------------------------------------------------------- slowhttptest
@@ -52,22 +77,15 @@ SLOWHTTPTEST_MODES: dict[str, Callable[[str, int], list[str]]] = {
 }
 
 
-def slowhttptest(mode: str, base: str, connections: int, seconds: float, log: Path) -> Attack:
+def slowhttptest(mode: str, base: str, connections: int, seconds: float, log: Path, pin: list[str]) -> Attack:
     argv = ["slowhttptest", *SLOWHTTPTEST_MODES[mode](base, connections), "-l", str(int(seconds)), "-p", "3"]
     process: list[subprocess.Popen] = []
 
     def start() -> None:
         with log.open("wb") as out:
-            process.append(subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT))
+            process.append(subprocess.Popen([*pin, *argv], stdout=out, stderr=subprocess.STDOUT))
 
-    def stop() -> None:
-        try:
-            process[0].wait(timeout=seconds + 30)
-        except subprocess.TimeoutExpired:
-            process[0].kill()
-            process[0].wait()
-
-    return Attack(start, stop, " ".join(argv))
+    return Attack(start, lambda: _stop(process[0], seconds + 30, terminate=False), " ".join([*pin, *argv]))
 
 
 # --------------------------------------------------------------------------- socket floods
@@ -93,14 +111,11 @@ FLOODS: dict[str, tuple[str, Callable[[int], list[bytes]]]] = {
 IDLE_FLOOD = "flood: idle and half-header connections"
 
 
-def flood(name: str, base: str, connections: int) -> Attack:
+async def _flood(name: str, base: str, connections: int, stop: asyncio.Event) -> None:
     """Each connection sends its bytes and waits; when the server closes it, it reconnects after 0.5 s."""
-    description, make = FLOODS[name]
-    payloads = make(connections)
     host, port = base.split("//", 1)[1].rsplit(":", 1)
-    state: dict = {}
 
-    async def hold(payload: bytes, stop: asyncio.Event) -> None:
+    async def hold(payload: bytes) -> None:
         while not stop.is_set():
             writer = None
             try:
@@ -120,37 +135,55 @@ def flood(name: str, base: str, connections: int) -> Attack:
             if not stop.is_set():
                 await asyncio.sleep(0.5)
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        state["stop"] = stop
-        state["loop"] = asyncio.get_running_loop()
-        state["ready"].set()
-        await asyncio.gather(*(hold(payload, stop) for payload in payloads))
+    await asyncio.gather(*(hold(payload) for payload in FLOODS[name][1](connections)))
 
-    def run() -> None:
-        asyncio.run(main())
+
+def flood(name: str, base: str, connections: int, pin: list[str]) -> Attack:
+    """The flood in its own process (this file as a script), which stops and closes everything on SIGTERM."""
+    argv = [*pin, sys.executable, str(Path(__file__).resolve()), name, base, str(connections)]
+    process: list[subprocess.Popen] = []
 
     def start() -> None:
-        state["ready"] = threading.Event()
-        state["thread"] = threading.Thread(target=run, daemon=True)
-        state["thread"].start()
-        state["ready"].wait()
+        process.append(subprocess.Popen(argv, stdin=subprocess.DEVNULL))
+        time.sleep(0.5)  # its interpreter started and the first connections opened
 
-    def stop() -> None:
-        state["loop"].call_soon_threadsafe(state["stop"].set)
-        state["thread"].join(timeout=60)
+    return Attack(start, lambda: _stop(process[0], 60, terminate=True),
+                  f"{FLOODS[name][0]} (N={connections}); each reconnects 0.5 s after the server closes it"
+                  + (f"; {' '.join(pin)}" if pin else ""))
 
-    return Attack(start, stop, f"{description} (N={connections}); each reconnects 0.5 s after the server closes it")
+
+def main(argv: list[str]) -> None:
+    """Run one flood until SIGTERM."""
+    name, base, connections = argv[0], argv[1], int(argv[2])
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await _flood(name, base, connections, stop)
+
+    asyncio.run(run())
 
 
 # --------------------------------------------------------------------------- measuring
 
 
 @dataclass
+class Probe:
+    """One health probe on a new connection: seconds to connect, from the request sent to the answer's first
+    byte, and in all (inf if it failed or was not 200)."""
+
+    at: float
+    connect_s: float
+    first_byte_s: float
+    total_s: float
+
+
+@dataclass
 class Samples:
-    health: list[tuple[float, float]] = field(default_factory=list)  # (time, seconds or inf)
+    health: list[Probe] = field(default_factory=list)
     rss_mb: list[tuple[float, float]] = field(default_factory=list)
     spool_mb: list[float] = field(default_factory=list)
+    tcp_kernel_mb: list[float] = field(default_factory=list)
 
 
 def spool_bytes(pid: int, folder: Path) -> int:
@@ -173,13 +206,57 @@ def whole_rss_mb(master: int) -> float:
     return sum(common.proc_mb(pid, "VmRSS") or 0.0 for pid in (master, *common.children_of(master)))
 
 
-def _probe(base: str, timeout_s: float = 5.0) -> float:
-    started = time.monotonic()
+def cpu_s(pid: int | None) -> float | None:
+    """User + system CPU seconds of a live process so far (all its threads)."""
     try:
-        ok = requests.get(base + "/api/bg/health", timeout=timeout_s).status_code == 200
-    except requests.RequestException:
-        ok = False
-    return time.monotonic() - started if ok else float("inf")
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, TypeError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tcp_kernel_mb() -> float:
+    """Kernel memory in TCP socket buffers (/proc/net/sockstat, network-namespace wide), MB."""
+    for line in Path("/proc/net/sockstat").read_text().splitlines():
+        if line.startswith("TCP:"):
+            fields = line.split()
+            return int(fields[fields.index("mem") + 1]) * os.sysconf("SC_PAGE_SIZE") / MB
+    return 0.0
+
+
+def listen_drops() -> dict[str, int]:
+    """The kernel's counters of connections dropped at a full accept queue (network-namespace wide)."""
+    lines = [line.split() for line in Path("/proc/net/netstat").read_text().splitlines() if line.startswith("TcpExt:")]
+    counters = dict(zip(lines[0][1:], map(int, lines[1][1:])))
+    return {name: counters.get(name, 0) for name in ("ListenOverflows", "ListenDrops")}
+
+
+def _probe(base: str, timeout_s: float = 5.0) -> Probe:
+    """GET /api/bg/health on a new connection, timed in its two waits: the connect (a SYN dropped at a full
+    accept queue is retried after 1 s) and the answer's first byte (the server's event loop and threads);
+    the total runs to the end of the body (as a client that reads Content-Length bytes)."""
+    host, port = base.split("//", 1)[1].rsplit(":", 1)
+    started = time.monotonic()
+    connected = first = float("inf")
+    ok = False
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s) as sock:
+            connected = time.monotonic()
+            sock.settimeout(max(0.01, started + timeout_s - connected))
+            sock.sendall(b"GET /api/bg/health HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n")
+            received = sock.recv(65536)
+            first = time.monotonic()
+            while b"\r\n\r\n" not in received and (chunk := sock.recv(65536)):
+                received += chunk
+            head, _, body = received.partition(b"\r\n\r\n")
+            length = int(re.search(rb"(?im)^content-length: *(\d+)", head).group(1))
+            while len(body) < length and (chunk := sock.recv(65536)):
+                body += chunk
+            ok = head.startswith(b"HTTP/1.1 200 ") and len(body) == length
+    except (OSError, AttributeError):  # AttributeError: an answer without Content-Length
+        pass
+    ended = time.monotonic()
+    return Probe(started, connected - started, first - connected, ended - started if ok else float("inf"))
 
 
 def _capacity_ok(base: str) -> bool:
@@ -207,7 +284,7 @@ def run_attack(attack: Attack, base: str, seconds: float, photo: bytes, server: 
 
     def prober() -> None:
         while not done.is_set():
-            samples.health.append((time.monotonic(), _probe(base)))
+            samples.health.append(_probe(base))
             done.wait(0.25)
 
     def sampler() -> None:
@@ -215,10 +292,14 @@ def run_attack(attack: Attack, base: str, seconds: float, photo: bytes, server: 
             samples.rss_mb.append((time.monotonic(), whole_rss_mb(server.master)))
             samples.spool_mb.append(sum(spool_bytes(pid, server.upload_folder)
                                         for pid in common.children_of(server.master)) / MB)
+            samples.tcp_kernel_mb.append(tcp_kernel_mb())
             done.wait(0.2)
 
     idle_mb = whole_rss_mb(server.master) if server is not None else None
     watchers = [threading.Thread(target=prober, daemon=True), threading.Thread(target=sampler, daemon=True)]
+    drops_before = listen_drops()
+    load = common.loadavg()
+    worker_cpu_before = cpu_s(server.worker) if server is not None else None
     began = time.monotonic()
     attack.start()
     for watcher in watchers:
@@ -232,14 +313,17 @@ def run_attack(attack: Attack, base: str, seconds: float, photo: bytes, server: 
         upload_status = type(exc).__name__
     upload_s = time.monotonic() - upload_started
     time.sleep(max(0.0, began + seconds - time.monotonic()))
-    attack.stop()
+    worker_cpu_after = cpu_s(server.worker) if server is not None else None
+    attack_s = time.monotonic() - began
+    attacker_cpu_s = attack.stop()
     ended = time.monotonic()
+    drops = {name: value - drops_before[name] for name, value in listen_drops().items()}
     done.set()
     for watcher in watchers:
         watcher.join()
     recovery_s = None
     while time.monotonic() - ended < 60:
-        if _probe(base, 1.0) < 1.0 and _capacity_ok(base):
+        if _probe(base, 1.0).total_s < 1.0 and _capacity_ok(base):
             recovery_s = round(time.monotonic() - ended, 2)
             break
         time.sleep(0.25)
@@ -250,13 +334,25 @@ def run_attack(attack: Attack, base: str, seconds: float, photo: bytes, server: 
             if after_mb <= idle_mb + 60 or after_s >= 30:
                 break
             time.sleep(0.5)
-    during = [latency for at, latency in samples.health if at <= ended]
+    during = [probe for probe in samples.health if probe.at <= ended]
+    worst = max(during, key=lambda probe: probe.total_s, default=None)
     memory = server.memory() if server is not None else {}
+    worker_cpu = (None if worker_cpu_before is None or worker_cpu_after is None
+                  else round(100 * (worker_cpu_after - worker_cpu_before) / attack_s))
     return {
+        "loadavg_before": load,
         "health_probes": len(during),
-        "health_worst_s": max(during) if during else None,
-        "health_failed": sum(1 for latency in during if latency == float("inf")),
-        "health_over_1s": sum(1 for latency in during if latency >= 1.0),
+        "health_worst_s": worst.total_s if worst else None,
+        "health_worst_split_s": [round(worst.connect_s, 3), round(worst.first_byte_s, 3)] if worst else None,
+        "health_worst_at_s": round(worst.at - began, 1) if worst else None,
+        "upload_window_s": [round(upload_started - began, 1), round(upload_started + upload_s - began, 1)],
+        "health_connect_worst_s": round(max(probe.connect_s for probe in during), 3) if during else None,
+        "health_first_byte_worst_s": round(max(probe.first_byte_s for probe in during), 3) if during else None,
+        "health_failed": sum(1 for probe in during if probe.total_s == float("inf")),
+        "health_over_1s": sum(1 for probe in during if probe.total_s >= 1.0),
+        "attacker_cpu_pct": round(100 * attacker_cpu_s / attack_s),
+        "worker_cpu_pct": worker_cpu,
+        "listen_drops": drops,
         "upload_during": upload_status, "upload_s": round(upload_s, 2),
         "recovery_s": recovery_s,
         "rss_idle_mb": idle_mb,
@@ -265,20 +361,21 @@ def run_attack(attack: Attack, base: str, seconds: float, photo: bytes, server: 
         if server is not None else None,
         "rss_after_mb": after_mb, "rss_after_s": after_s,
         "spool_peak_mb": round(max(samples.spool_mb, default=0.0), 1) if server is not None else None,
+        "tcp_kernel_peak_mb": round(max(samples.tcp_kernel_mb, default=0.0), 1) if server is not None else None,
     }
 
 
-def attacks(base: str, connections: int, seconds: float, logs: Path,
-            idle: int = 0) -> dict[str, Callable[[], Attack]]:
+def attacks(base: str, connections: int, seconds: float, logs: Path, idle: int = 0,
+            pin: list[str] | None = None) -> dict[str, Callable[[], Attack]]:
     """Every attack by name, each made fresh when called; the idle flood has `idle` connections (default 3 x
-    `connections`, past the front's MAX_CONNECTIONS)."""
+    `connections`, past the front's MAX_CONNECTIONS); `pin` prefixes the attacker's command (taskset)."""
     made: dict[str, Callable[[], Attack]] = {}
     for mode in SLOWHTTPTEST_MODES:
         made[f"slowhttptest {mode}"] = (lambda m: lambda: slowhttptest(
-            m, base, connections, seconds, logs / f"slowhttptest{m.split()[0]}{m[-1]}.log"))(mode)
+            m, base, connections, seconds, logs / f"slowhttptest{m.split()[0]}{m[-1]}.log", pin or []))(mode)
     for name in FLOODS:
         size = (idle or 3 * connections) if name == IDLE_FLOOD else connections
-        made[name] = (lambda n, size: lambda: flood(n, base, size))(name, size)
+        made[name] = (lambda n, size: lambda: flood(n, base, size, pin or []))(name, size)
     return made
 
 
@@ -303,16 +400,23 @@ def verdict(result: dict) -> list[str]:
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| attack | health worst during (s), probes / failed | upload during | recovery after (s) | "
-             "RSS idle / sampled peak / after (MB, s) | whole-server peak VmHWM (MB) | spool peak (MB) | missed |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| attack | health worst during (s): connect + answer, probes / failed | upload during | "
+             "recovery after (s) | RSS idle / sampled peak / after (MB, s) | whole-server peak VmHWM (MB) | "
+             "spool peak (MB) | CPU attacker / worker (% of one vCPU) | accept-queue overflows | missed |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in results:
-        worst = "-" if r["health_worst_s"] is None else f"{r['health_worst_s']:.3f}"
+        worst = "-" if r["health_worst_s"] is None else (
+            f"{r['health_worst_s']:.3f} ({r['health_worst_split_s'][0]:.3f} + {r['health_worst_split_s'][1]:.3f})")
         rss = "-" if r["rss_idle_mb"] is None else (
             f"{r['rss_idle_mb']:.0f} / {r['rss_sampled_peak_mb']:.0f} / {r['rss_after_mb']:.0f} ({r['rss_after_s']} s)")
-        lines.append(f"| {r['attack']} | {worst}, {r['health_probes']} / {r['health_failed']} | "
+        worker = "-" if r["worker_cpu_pct"] is None else r["worker_cpu_pct"]
+        lines.append(f"| {r['attack']} (load {r['loadavg_before'].split()[0]}) | {worst}, {r['health_probes']} / {r['health_failed']} | "
                      f"{r['upload_during']} ({r['upload_s']} s) | {r['recovery_s']} | {rss} | "
                      f"{r['whole_server_hwm_mb'] if r['whole_server_hwm_mb'] is not None else '-'} | "
                      f"{r['spool_peak_mb'] if r['spool_peak_mb'] is not None else '-'} | "
+                     f"{r['attacker_cpu_pct']} / {worker} | {r['listen_drops']['ListenOverflows']} | "
                      f"{'; '.join(r['missed']) or 'none'} |")
     return "\n".join(lines)
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
