@@ -18,17 +18,20 @@ says, averaged over the composites:
 
 Beside them, the colour reference, pymatting's estimate_foreground_ml on the service's own alpha (refine
 off, and refine on), and rembg 2.0.86's `-a` on the service's mask, each run in its own virtualenv by
-bench/edges_peers.py (never in the project's requirements). Fidelity where IS-Net is sure: IoU of
-alpha > 0.5 against fp32 IS-Net's masks (../shared/fixtures/masks/*.isnet.png) with refine off and on.
+bench/edges_peers.py (never in the project's requirements). Fidelity where the model is sure: IoU of
+alpha > 0.5 on the six fixture photos at the deployed settings, with refine off and on, for
+isnet-general-tiny against fp32 IS-Net's masks (../shared/fixtures/masks/*.isnet.png) and for the bundled
+u2netp against rembg's (*.u2netp.png). Below the table, per variant and per error, the composites it makes
+worse than both off.
 
 How: every server is `gunicorn -c gunicorn.conf.py app_isnet_tiny:app` with the runtime ENV lines of
 Dockerfile.isnet-tiny (bench/compare_rembg.py reads them) and BG_MODEL=isnet-general-tiny from
 --model-dir; the quality phase sets MAX_DIMENSION=2048 so that every composite (at most 1920 px) is
-served at full size. Scores are deterministic, so the quality and peers phases may run outside the
-benchmark lock (rembg -a takes minutes); timing and memory run under it, scoring the cutouts the quality
-phase left in --work:
+served at full size. Scores are deterministic, so the quality, peers and fidelity phases may run outside
+the benchmark lock (rembg -a takes minutes); timing and memory run under it, scoring the cutouts the
+quality phase left in --work:
 
-    python bench/edges.py --phases quality,peers --model-dir /tmp/m17
+    python bench/edges.py --phases quality,peers,fidelity --model-dir /tmp/m17
     flock /tmp/bench.lock python bench/edges.py --phases peers,timing,memory --model-dir /tmp/m17
 
 Peer results are cached in --work by a hash of their input, so a rerun only redoes what changed;
