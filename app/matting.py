@@ -7,11 +7,16 @@ Two functions the pipeline calls once per request, on Pillow images at the outpu
   unmixed between the local colours of the sure foreground and background where they differ, a colour
   guided filter of the mask (He, Sun and Tang, "Guided Image Filtering", 2013) where they do not. Both
   are computed on the image reduced to GUIDE_SIDE and evaluated at full size as the fast guided filter does
-  (He and Sun, 2015), so the same step upsamples large outputs with edges that follow the photo. Outside
-  the band the mask is returned unchanged.
+  (He and Sun, 2015), so the same step upsamples large outputs with a softness that follows the photo. No
+  pixel crosses 0.5 (alpha > 0.5 stays the model's), and outside the band the mask is returned unchanged.
 - decontaminate: the RGB of a semi-transparent pixel mixes the old background in. Forte and Pitie's
   blur-fusion estimator ("Approximate Fast Foreground Colour Estimation", ICIP 2021), two levels (a wide
-  blur, then a narrow one), replaces it with an estimated foreground colour, in soft pixels only.
+  blur, then a narrow one), replaces it with an estimated foreground colour, in soft pixels near the
+  background only.
+
+Both step back, down to exactly the model's mask and the photo's colours, where the photo cannot tell
+foreground from background (a busy or absent sure background): each guard answers a composite that the
+estimate made worse on bench/edges.py (docs/performance.md, Edges).
 
 Window statistics are computed on reduced images (float32 box filters); full-size work touches only the
 band's (or the soft) pixels, a strip of rows at a time, so time follows the length of the edge and the
@@ -365,7 +370,7 @@ def refine(rgb: Image.Image, mask: Image.Image, params: RefineParams = RefinePar
     mask. Both are linear in the colour, so their blend is one set of coefficients (A, b), computed on
     reduced images and evaluated as alpha = A.I + b with the full-size photo at the band's pixels only
     (the fast guided filter's upsampling), which is also how an output larger than the model's input
-    gets edges that follow the photo rather than a resized mask. The change from the mask is weighed by
+    gets an edge whose softness follows the photo rather than the resized mask's ramp. The change from the mask is weighed by
     how plain the background around is (params.busy) and how much of it is sure background (params.cover),
     and no pixel crosses 0.5: the model decides what is subject, the photo how soft its edge is. Outside
     the band (within params.band guide pixels of the 0.5 edge, or soft in the mask) the result is the mask
