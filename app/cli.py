@@ -105,7 +105,7 @@ class Framing:
     position: str | None = None
     max_megapixels: str | None = None
     semitransparency: bool = True
-    refine: bool = False
+    refine: bool = True
     decontaminate: bool = True
 
 
@@ -151,8 +151,8 @@ def register_batch(app: Flask) -> None:
     @click.option("--max-megapixels", help="at most this many million pixels in each result")
     @click.option("--semitransparency/--no-semitransparency", default=True,
                   help="--no-semitransparency: every pixel fully opaque or fully transparent")
-    @click.option("--refine/--no-refine", default=False,
-                  help="--refine: refine the model's mask along the edge against the photo (off by default)")
+    @click.option("--refine/--no-refine", default=True,
+                  help="--no-refine: the model's mask as it is, not refined along the edge against the photo")
     @click.option("--decontaminate/--no-decontaminate", default=True,
                   help="--no-decontaminate: the photo's own colours in semi-transparent pixels")
     @click.option("--color", "--bg-color", "color",

@@ -7,11 +7,16 @@ Two functions the pipeline calls once per request, on Pillow images at the outpu
   unmixed between the local colours of the sure foreground and background where they differ, a colour
   guided filter of the mask (He, Sun and Tang, "Guided Image Filtering", 2013) where they do not. Both
   are computed on the image reduced to GUIDE_SIDE and evaluated at full size as the fast guided filter does
-  (He and Sun, 2015), so the same step upsamples large outputs with edges that follow the photo. Outside
-  the band the mask is returned unchanged.
+  (He and Sun, 2015), so the same step upsamples large outputs with a softness that follows the photo. No
+  pixel crosses 0.5 (alpha > 0.5 stays the model's), and outside the band the mask is returned unchanged.
 - decontaminate: the RGB of a semi-transparent pixel mixes the old background in. Forte and Pitie's
   blur-fusion estimator ("Approximate Fast Foreground Colour Estimation", ICIP 2021), two levels (a wide
-  blur, then a narrow one), replaces it with an estimated foreground colour, in soft pixels only.
+  blur, then a narrow one), replaces it with an estimated foreground colour, in soft pixels near the
+  background only.
+
+Both step back, down to exactly the model's mask and the photo's colours, where the photo cannot tell
+foreground from background (a busy or absent sure background): each guard answers a composite that the
+estimate made worse on bench/edges.py (docs/performance.md, Edges).
 
 Window statistics are computed on reduced images (float32 box filters); full-size work touches only the
 band's (or the soft) pixels, a strip of rows at a time, so time follows the length of the edge and the
@@ -53,7 +58,10 @@ class RefineParams:
     tau: float = 0.1  # |F - B|^2 at which unmixing and the guided filter count alike...
     noise: float = 16.0  # ...plus this times the colour variance of the sure pixels around (a busy background)
     busy: float = 0.002  # the refinement counts busy/(busy + colour variance of the sure background around):
-    # on a busy background the model's own edge is usually the better one (0: always fully)
+    # on a busy background the model's own edge is usually the better one (0: always fully)...
+    cover: float = 0.5  # ...and in full only where this fraction of the wide window is sure background: with
+    # less, the background's colours are unknown (a model that kept part of the background, a soft region)
+    floor: float = 0.05  # a weight below this counts as 0: the model's mask exactly, not a sliver of an estimate
 
 
 @dataclass(frozen=True)
@@ -63,8 +71,14 @@ class ForegroundParams:
     wide: int = 90
     narrow: int = 6
     far: int = 2  # background pixels this far (at half NARROW_SIDE) from any foreground measure the variance
-    busy: float = 0.02  # the estimate counts busy/(busy + the wide window's background colour variance): a busy
+    busy: float = 0.002  # the estimate counts busy/(busy + the wide window's background colour variance): a busy
     # background's local mean says little about the colour behind one pixel (0: always fully)
+    floor: float = 0.05  # a weight below this counts as 0: the photo's colour exactly
+    reach: int = 2  # only soft pixels this near (at NARROW_SIDE) a sure background pixel are an edge's mix; farther
+    # in, a soft alpha is the model's doubt about an opaque region, and "removing" background there tints it
+    opaque: float = 0.01  # colour evidence of opacity, |I - B| / |F - B|, counts spread/(spread + opaque)...
+    residual: float = 0.01  # ...and the estimate counts 1/(1 + |I - (a F + (1-a) B)|^2 / residual): where the
+    # local means do not explain the pixel, they say little about its foreground
 
 
 def _box_sum_axis(x: np.ndarray, r: int, axis: int) -> np.ndarray:
@@ -276,12 +290,12 @@ def _sure(flags: np.ndarray, erode: int) -> np.ndarray:
 
 
 def _colour_mean(guide: np.ndarray, sure: np.ndarray, far: np.ndarray, near: int, wide: int
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Mean colour (3, H, W) of the sure pixels around each pixel (the narrow window where it holds
     some, else the wide one), the colour variance (H, W; summed over channels) of the `far` ones (sure and
     away from the edge, whose own mixed pixels would count as variance) in the wide window, and whether
-    any sure pixels were found (H, W). Wide windows are smooth, so they are taken at half the resolution
-    and upsampled."""
+    any sure pixels were found (H, W), and the fraction of the wide window that is `far` (H, W). Wide
+    windows are smooth, so they are taken at half the resolution and upsampled."""
     squares = (guide * guide).sum(axis=0)
     weighted = np.concatenate([guide * sure, sure[None], guide * far, far[None], (squares * far)[None]])
     sums_wide = _doubled(box_mean(_halved(weighted), max(1, wide // 2)), sure.shape)
@@ -292,7 +306,7 @@ def _colour_mean(guide: np.ndarray, sure: np.ndarray, far: np.ndarray, near: int
     weight = sums_wide[7] + np.float32(1e-6)
     mean_far = sums_wide[4:7] / weight
     variance = np.maximum(sums_wide[8] / weight - (mean_far * mean_far).sum(axis=0), 0)
-    return mean, variance, has_near | (sums_wide[3] > np.float32(0.01))
+    return mean, variance, has_near | (sums_wide[3] > np.float32(0.01)), sums_wide[7]
 
 
 def _nearest(flags: np.ndarray, size: tuple[int, int]) -> Callable[[int, int], np.ndarray]:
@@ -311,13 +325,13 @@ def _unmixing(guide: np.ndarray, p: np.ndarray, params: RefineParams) -> tuple[n
     """Knockout's colour-line alpha as a linear function of the colour, alpha = u.I + c (4, H, W) = (u, c),
     with u = (F - B) / |F - B|^2 and c = -u.B for the local sure-foreground and -background means; how
     far it is trusted against the guided filter (H, W): by how much F and B differ for their spread, 0
-    where either has no sure pixels near; and how plain the background around is (H, W), which weighs
-    the whole refinement against the model's own mask."""
+    where either has no sure pixels near; and how plain and how present the sure background around is
+    (H, W), which weighs the whole refinement against the model's own mask."""
     sure_fore, sure_back = p >= params.high, p <= params.low
-    fore, var_fore, has_fore = _colour_mean(guide, _sure(sure_fore, params.erode), _sure(sure_fore, params.far),
-                                            params.near, params.wide)
-    back, var_back, has_back = _colour_mean(guide, _sure(sure_back, params.erode), _sure(sure_back, params.far),
-                                            params.near, params.wide)
+    fore, var_fore, has_fore, _ = _colour_mean(guide, _sure(sure_fore, params.erode), _sure(sure_fore, params.far),
+                                               params.near, params.wide)
+    back, var_back, has_back, cover = _colour_mean(guide, _sure(sure_back, params.erode),
+                                                   _sure(sure_back, params.far), params.near, params.wide)
     diff = fore - back
     spread = (diff * diff).sum(axis=0)
     linear = np.empty((4,) + p.shape, dtype=np.float32)
@@ -327,7 +341,23 @@ def _unmixing(guide: np.ndarray, p: np.ndarray, params: RefineParams) -> tuple[n
     trust *= has_fore & has_back
     busy = np.float32(params.busy)
     plain = busy / (busy + var_back) if params.busy else np.ones_like(trust)
+    if params.cover:
+        plain *= np.minimum(cover / np.float32(params.cover), 1)
     return linear, trust, plain
+
+
+def _floored(weight: np.ndarray, floor: float) -> np.ndarray:
+    """weight with values below floor set to 0: where an estimate counts for almost nothing, it counts for nothing,
+    so the input comes back exactly rather than rounded a level off."""
+    return np.where(weight < np.float32(floor), np.float32(0), weight) if floor else weight
+
+
+def _same_side(alpha: np.ndarray, model: np.ndarray) -> np.ndarray:
+    """alpha (uint8) kept on the model's side of 0.5 (128 and up, or 127 and down): the refinement makes the
+    model's edge soft and follow the photo, but never turns what the model calls subject into background or
+    back, so alpha > 0.5 (what IoU against a reference counts) is the model's own, at any output size."""
+    fore = model >= 128
+    return np.where(fore, np.maximum(alpha, 128), np.minimum(alpha, 127)).astype(np.uint8)
 
 
 def refine(rgb: Image.Image, mask: Image.Image, params: RefineParams = RefineParams()) -> Image.Image:
@@ -340,9 +370,11 @@ def refine(rgb: Image.Image, mask: Image.Image, params: RefineParams = RefinePar
     mask. Both are linear in the colour, so their blend is one set of coefficients (A, b), computed on
     reduced images and evaluated as alpha = A.I + b with the full-size photo at the band's pixels only
     (the fast guided filter's upsampling), which is also how an output larger than the model's input
-    gets edges that follow the photo rather than a resized mask. The change from the mask is weighed by
-    how plain the background around is (params.busy). Outside the band (within params.band guide pixels
-    of the 0.5 edge, or soft in the mask) the result is the mask itself.
+    gets an edge whose softness follows the photo rather than the resized mask's ramp. The change from the mask is weighed by
+    how plain the background around is (params.busy) and how much of it is sure background (params.cover),
+    and no pixel crosses 0.5: the model decides what is subject, the photo how soft its edge is. Outside
+    the band (within params.band guide pixels of the 0.5 edge, or soft in the mask) the result is the mask
+    itself.
     """
     width, height = mask.size
     work = _work_size((width, height), GUIDE_SIDE)
@@ -369,11 +401,12 @@ def refine(rgb: Image.Image, mask: Image.Image, params: RefineParams = RefinePar
         alpha = up[:, 3] + np.einsum("ij,ij->i", up[:, :3], colours)
         np.clip(alpha, 0.0, 1.0, out=alpha)
         strip = np.array(mask.crop(box))
-        before = strip[ys, xs].astype(np.float32) * np.float32(1 / 255)
+        model = strip[ys, xs]
+        before = model.astype(np.float32) * np.float32(1 / 255)
         alpha -= before
-        alpha *= up[:, 4]
+        alpha *= _floored(up[:, 4], params.floor)
         alpha += before
-        strip[ys, xs] = (alpha * 255 + 0.5).astype(np.uint8)
+        strip[ys, xs] = _same_side((alpha * 255 + 0.5).astype(np.uint8), model)
         mask.paste(Image.fromarray(strip, "L"), box[:2])
     return mask
 
@@ -397,6 +430,20 @@ def _fused(image: np.ndarray, alpha: np.ndarray, mean_f: np.ndarray, mean_b: np.
     return np.clip(f, 0.0, 1.0, out=f)
 
 
+def _opacity(colours: np.ndarray, alpha: np.ndarray, fore: np.ndarray, back: np.ndarray, opaque: float
+             ) -> np.ndarray:
+    """alpha (N, 1) raised to the colours' own evidence, min(1, |I - B| / |F - B|) for the local means F and B,
+    counted spread/(spread + opaque) by how far apart F and B are. Where the model's alpha is too low on an
+    opaque pixel (its colour as far from the background as the foreground's), blur-fusion would take out
+    background that is not there; a mixed pixel's distance ratio is its alpha, so an edge keeps its estimate."""
+    diff = fore - back
+    spread = np.einsum("ij,ij->i", diff, diff)
+    rest = colours - back
+    ratio = np.sqrt(np.einsum("ij,ij->i", rest, rest) / (spread + np.float32(1e-6)))
+    gain = np.maximum(ratio[:, None] - alpha, 0) * (spread / (spread + np.float32(opaque)))[:, None]
+    return np.minimum(alpha + gain, 1)
+
+
 def decontaminate(rgb: Image.Image, alpha: Image.Image, params: ForegroundParams = ForegroundParams()
                   ) -> Image.Image:
     """The photo (RGB) with estimated foreground colours wherever 1 < alpha (L) < 254; other pixels unchanged.
@@ -408,7 +455,10 @@ def decontaminate(rgb: Image.Image, alpha: Image.Image, params: ForegroundParams
     is a 23 px one; level 2 (the narrow blur) on the image reduced to NARROW_SIDE, starting from level 1's
     estimate; its local means are then sampled at the soft pixels of the full-size image, where the last
     update uses the full-size colour and alpha. The change from the photo's colour is weighed by how
-    plain the background around is (params.busy).
+    plain the background around is (params.busy), whether the pixel is at an edge at all (params.reach) and
+    how well the local means explain it (params.residual); an alpha the colour shows to be too low is
+    raised first (params.opaque). Each guards against one way the estimate made an image worse on
+    bench/edges.py's composites (docs/performance.md, Edges).
     """
     width, height = alpha.size
     narrow_size = _work_size((width, height), NARROW_SIDE)
@@ -420,16 +470,18 @@ def decontaminate(rgb: Image.Image, alpha: Image.Image, params: ForegroundParams
     mean_f, mean_b = (_doubled(mean, a.shape) for mean in wide_means)
     f1 = _fused(image, a, mean_f, mean_b)
     narrow = max(1, round(params.narrow * max(narrow_size) / WORK_SIDE))
-    planes = [*_fusion_means(f1, mean_b, a, narrow)]
+    plain = np.ones(a.shape, np.float32)
     if params.busy:
         far = _sure(small_a <= np.float32(0.02), params.far)  # background away from the edge's mixed pixels
         sums = box_mean(np.concatenate([small * far, far[None], ((small * small).sum(axis=0) * far)[None]]), wide)
         weight = sums[3] + np.float32(1e-5)
         mean = sums[:3] / weight
         variance = np.maximum(sums[4] / weight - (mean * mean).sum(axis=0), 0)
-        plain = np.float32(params.busy) / (np.float32(params.busy) + variance)
-        planes.append(_doubled(plain, a.shape)[None])
-    sample = _Sampler(np.concatenate(planes), (width, height))
+        plain = _doubled(np.float32(params.busy) / (np.float32(params.busy) + variance), a.shape)
+    if params.reach:
+        near = (box_mean((a <= np.float32(0.02)).astype(np.float32), params.reach) > 0).astype(np.float32)
+        plain *= box_mean(near, 1)
+    sample = _Sampler(np.concatenate([*_fusion_means(f1, mean_b, a, narrow), plain[None]]), (width, height))
     del image, a, small, small_a, mean_f, mean_b, f1
     for box in _row_strips(alpha.size):
         alphas = np.asarray(alpha.crop(box))
@@ -441,11 +493,17 @@ def decontaminate(rgb: Image.Image, alpha: Image.Image, params: ForegroundParams
         a_full = alphas[ys, xs].astype(np.float32)[:, None] * np.float32(1 / 255)
         strip = np.array(rgb.crop(box))
         colours = strip[ys, xs].astype(np.float32) * np.float32(1 / 255)
-        f = _fused(colours, a_full, means[:, 0:3], means[:, 3:6])
-        if params.busy:
-            f -= colours
-            f *= means[:, 6:7]
-            f += colours
+        fore, back = means[:, 0:3], means[:, 3:6]
+        if params.opaque:
+            a_full = _opacity(colours, a_full, fore, back, params.opaque)
+        f = _fused(colours, a_full, fore, back)
+        weight = _floored(means[:, 6], params.floor)
+        if params.residual:
+            rest = colours - a_full * fore - (1 - a_full) * back
+            weight = weight / (1 + np.einsum("ij,ij->i", rest, rest) / np.float32(params.residual))
+        f -= colours
+        f *= weight[:, None]
+        f += colours
         strip[ys, xs] = (f * 255 + 0.5).astype(np.uint8)
         rgb.paste(Image.fromarray(strip, "RGB"), box[:2])
     return rgb

@@ -58,7 +58,7 @@ class Options:
     semitransparency: bool = True
     scale: float | None = None
     position: tuple[float, float] | None = None
-    refine: bool = False  # off by default: it can lower fidelity where the model is sure (docs/performance.md#edges)
+    refine: bool = True
     decontaminate: bool = True
 
 

@@ -18,17 +18,20 @@ says, averaged over the composites:
 
 Beside them, the colour reference, pymatting's estimate_foreground_ml on the service's own alpha (refine
 off, and refine on), and rembg 2.0.86's `-a` on the service's mask, each run in its own virtualenv by
-bench/edges_peers.py (never in the project's requirements). Fidelity where IS-Net is sure: IoU of
-alpha > 0.5 against fp32 IS-Net's masks (../shared/fixtures/masks/*.isnet.png) with refine off and on.
+bench/edges_peers.py (never in the project's requirements). Fidelity where the model is sure: IoU of
+alpha > 0.5 on the six fixture photos at the deployed settings, with refine off and on, for
+isnet-general-tiny against fp32 IS-Net's masks (../shared/fixtures/masks/*.isnet.png) and for the bundled
+u2netp against rembg's (*.u2netp.png). Below the table, per variant and per error, the composites it makes
+worse than both off.
 
 How: every server is `gunicorn -c gunicorn.conf.py app_isnet_tiny:app` with the runtime ENV lines of
 Dockerfile.isnet-tiny (bench/compare_rembg.py reads them) and BG_MODEL=isnet-general-tiny from
 --model-dir; the quality phase sets MAX_DIMENSION=2048 so that every composite (at most 1920 px) is
-served at full size. Scores are deterministic, so the quality and peers phases may run outside the
-benchmark lock (rembg -a takes minutes); timing and memory run under it, scoring the cutouts the quality
-phase left in --work:
+served at full size. Scores are deterministic, so the quality, peers and fidelity phases may run outside
+the benchmark lock (rembg -a takes minutes); timing and memory run under it, scoring the cutouts the
+quality phase left in --work:
 
-    python bench/edges.py --phases quality,peers --model-dir /tmp/m17
+    python bench/edges.py --phases quality,peers,fidelity --model-dir /tmp/m17
     flock /tmp/bench.lock python bench/edges.py --phases peers,timing,memory --model-dir /tmp/m17
 
 Peer results are cached in --work by a hash of their input, so a rerun only redoes what changed;
@@ -70,6 +73,7 @@ VARIANTS: dict[str, tuple[bool, bool]] = {
 OFF, DEFAULTS = "both off (the model's mask, photo colours)", "refine + decontaminate (the defaults)"
 PEERS = {"pymatting": "/tmp/edges17-pymatting", "rembg-a": "/tmp/edges17-rembg"}
 BAND_DILATION = 3
+SCORES = {"alpha_err": "alpha error", "colour_err": "visible colour error", "recomposite_err": "recomposite error"}
 
 
 @dataclass
@@ -143,12 +147,13 @@ def scores(cutout: Image.Image, case: Case) -> dict[str, float]:
 # --------------------------------------------------------------------------- the deployed server
 
 
-def deployed_server(label: str, model_dir: Path, port: int, **settings: str) -> common.Server:
+def deployed_server(label: str, model_dir: Path, port: int, model: str = "isnet-general-tiny", **settings: str
+                    ) -> common.Server:
     work = Path(tempfile.mkdtemp(prefix=f"bench-edges-{label}-"))
     env = common.base_env(port, work)
     env.pop("GLIBC_TUNABLES", None)
     env.update({k: v for k, v in dockerfile_runtime_env().items() if k not in NOT_FROM_DOCKERFILE})
-    env.update(BG_MODEL="isnet-general-tiny", MODEL_DIR=str(model_dir), **settings)
+    env.update(BG_MODEL=model, MODEL_DIR=str(model_dir), **settings)
     argv = [str(common.VENV_BIN / "gunicorn"), *common.GUNICORN_APP]
     return common.Server(label, argv, env, port, work / "server.log", work / "uploads", work / "processed")
 
@@ -188,13 +193,12 @@ def quality_run(args: argparse.Namespace, cases: list[Case]) -> dict[str, list[d
     return results
 
 
-def timing_run(args: argparse.Namespace, cases: list[Case]) -> tuple[dict[str, dict], dict[str, list[float]]]:
+def timing_run(args: argparse.Namespace, cases: list[Case]) -> dict[str, dict]:
     """At the deployed MAX_DIMENSION (1024: about 1 MP), every variant in turn on each composite, the order
-    rotating, `--rounds` times; then fidelity. Per variant: median request seconds, the median extra
-    seconds per megapixel against both off on the same composite and round, and the ratio of medians."""
+    rotating, `--rounds` times. Per variant: median request seconds, the median extra seconds per
+    megapixel against both off on the same composite and round, and the ratio of medians."""
     seconds: dict[str, list[float]] = {name: [] for name in VARIANTS}
     extra: dict[str, list[float]] = {name: [] for name in VARIANTS}
-    fidelity: dict[str, list[float]] = {"refine off": [], "refine on": []}
     photos = [case.composite.read_bytes() for case in cases[:args.timing_composites]]
     names = list(VARIANTS)
     with deployed_server("timing", args.model_dir, args.port + 2) as server:
@@ -210,17 +214,32 @@ def timing_run(args: argparse.Namespace, cases: list[Case]) -> tuple[dict[str, d
                 for name in names:
                     seconds[name].append(taken[name])
                     extra[name].append((taken[name] - taken[OFF]) / megapixels)
-        for photo in common.fixture_images():
-            reference = common.reference_mask(photo, "isnet-general-tiny")
-            if reference is not None:
+    median_off = statistics.median(seconds[OFF])
+    return {name: {"median_s": statistics.median(seconds[name]), "extra_s_per_mp": statistics.median(extra[name]),
+                   "ratio": statistics.median(seconds[name]) / median_off, "requests": len(seconds[name])}
+            for name in names}
+
+
+FIDELITY_MODELS = ("isnet-general-tiny", "u2netp")
+
+
+def fidelity_run(args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
+    """Fidelity where the model is sure: per model, the IoU of alpha > 0.5 on the six fixture photos, at the
+    deployed MAX_DIMENSION, against the reference masks (fp32 IS-Net's *.isnet.png for isnet-general-tiny,
+    rembg's *.u2netp.png for the bundled u2netp), refine off and on. Deterministic: no lock needed."""
+    fidelity: dict[str, dict[str, list[float]]] = {}
+    for index, model in enumerate(FIDELITY_MODELS):
+        rows: dict[str, list[float]] = {"refine off": [], "refine on": []}
+        with deployed_server(f"fidelity-{model}", args.model_dir, args.port + 3 + index, model) as server:
+            for photo in common.fixture_images():
+                reference = common.reference_mask(photo, model)
+                if reference is None:
+                    continue
                 for label, refine in (("refine off", False), ("refine on", True)):
                     image, _ = cut(server, photo.read_bytes(), refine, False)
-                    fidelity[label].append(common.score(image.getchannel("A"), reference)[0])
-    median_off = statistics.median(seconds[OFF])
-    timing = {name: {"median_s": statistics.median(seconds[name]), "extra_s_per_mp": statistics.median(extra[name]),
-                     "ratio": statistics.median(seconds[name]) / median_off, "requests": len(seconds[name])}
-              for name in names}
-    return timing, fidelity
+                    rows[label].append(common.score(image.getchannel("A"), reference)[0])
+        fidelity[model] = rows
+    return fidelity
 
 
 def saved_results(args: argparse.Namespace, cases: list[Case]) -> dict[str, list[dict]]:
@@ -375,7 +394,7 @@ def table(results: dict, peers: dict, memory: list[dict], timing: dict) -> str:
     return "\n".join(lines)
 
 
-PHASES = ("quality", "peers", "timing", "memory")
+PHASES = ("quality", "peers", "fidelity", "timing", "memory")
 
 
 def main() -> None:
@@ -387,7 +406,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench-edges"), help="composites, cutouts, peer cache")
     parser.add_argument("--limit", type=int, help="only the first N portraits (3 composites each)")
     parser.add_argument("--phases", default=",".join(PHASES),
-                        help="which of quality, peers, timing, memory to run (default all); without quality, "
+                        help="which of quality, peers, fidelity, timing, memory to run (default all); without "
+                             "quality, "
                              "the cutouts an earlier run left in --work are scored")
     parser.add_argument("--rounds", type=int, default=3, help="timing: passes over the composites")
     parser.add_argument("--timing-composites", type=int, default=6, help="timing: the first N composites")
@@ -413,7 +433,8 @@ def main() -> None:
         peers["pymatting estimate_foreground_ml on the refined alpha"] = peer_run(args, "pymatting", cases,
                                                                                   "refine only")
         peers["rembg 2.0.86 -a on the service's mask"] = peer_run(args, "rembg-a", cases, OFF)
-    timing, fidelity = timing_run(args, cases) if "timing" in phases else ({}, {})
+    fidelity = fidelity_run(args) if "fidelity" in phases else {}
+    timing = timing_run(args, cases) if "timing" in phases else {}
     memory = memory_run(args, cases) if "memory" in phases else []
     print(f"{common.command_line()}\n{json.dumps(common.machine())}\nload average at start {started_load}, "
           f"at end {common.loadavg()}; {len(cases)} composites, {sum(c.megapixels for c in cases) / len(cases):.2f} "
@@ -422,16 +443,16 @@ def main() -> None:
     if timing:
         print(f"\nTiming: {timing[OFF]['requests']} requests per variant at the deployed MAX_DIMENSION (1024), "
               "median seconds: " + ", ".join(f"{_slug(name)} {row['median_s']:.3f}" for name, row in timing.items()))
-    print("\nComposites each variant makes worse than both off (recomposite error), and the worst:")
+    print("\nComposites each variant makes worse than both off, per error (paired), and by how much:")
     base = {row["case"]: row for row in results[OFF]}
     for name, rows in list(results.items())[1:]:
-        deltas = sorted(((row["recomposite_err"] - base[row["case"]]["recomposite_err"], row["case"]) for row in rows),
-                        reverse=True)
-        worse = [f"{case} {delta:+.2f}" for delta, case in deltas if delta > 0]
-        print(f"- {name}: {len(worse)} of {len(rows)}" + (f" ({', '.join(worse)})" if worse else ""))
-    if fidelity:
-        print("\nFidelity, IoU of alpha > 0.5 against fp32 IS-Net on the fixtures: " + ", ".join(
-            f"{label} {np.mean(values):.4f} (min {np.min(values):.4f})" for label, values in fidelity.items()))
+        for key, label in SCORES.items():
+            deltas = sorted(((row[key] - base[row["case"]][key], row["case"]) for row in rows), reverse=True)
+            worse = [f"{case} {delta:+.4f}" for delta, case in deltas if delta > 0]
+            print(f"- {name}, {label}: {len(worse)} of {len(rows)}" + (f" ({', '.join(worse)})" if worse else ""))
+    for model, rows in fidelity.items():
+        print(f"\nFidelity of {model}, IoU of alpha > 0.5 against its reference masks on the fixtures: " + ", ".join(
+            f"{label} {np.mean(values):.4f} (min {np.min(values):.4f})" for label, values in rows.items()))
     for row in memory:
         if row["notes"]:
             print(f"memory {row['setting']} {row['variant']}: {'; '.join(row['notes'])}")

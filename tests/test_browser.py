@@ -456,12 +456,12 @@ return [soft, alpha, colour];
 
 
 def test_edge_options_start_at_their_defaults_and_switch(base_url: str, browser: WebDriver):
-    """Refine starts unchecked and decontaminate checked, and nothing is sent for them; switched, they send
-    refine=true and decontaminate=false (also in the curl line), and the cutout over a colour changes."""
+    """Both start checked (the server's defaults), and nothing is sent for them; switched off, they send
+    refine=false and decontaminate=false (also in the curl line), and the cutout over a colour changes."""
     wait = open_page(browser, base_url, 1366, 900)
     set_theme(browser, "light")
     refine, decontaminate = browser.find_element(By.ID, "opt-refine"), browser.find_element(By.ID, "opt-decontaminate")
-    assert refine.is_displayed() and not refine.is_selected() and decontaminate.is_selected()
+    assert refine.is_displayed() and refine.is_selected() and decontaminate.is_selected()
     cutout(browser, wait)
     assert last_sent(browser)["keys"] == ["file"]
     press(browser, browser.find_element(By.CSS_SELECTOR, 'input[name="result-bg"][value="custom"]').find_element(
@@ -474,7 +474,7 @@ def test_edge_options_start_at_their_defaults_and_switch(base_url: str, browser:
 
     press(browser, refine)
     press(browser, decontaminate)
-    assert "-F refine=true -F decontaminate=false" in browser.find_element(By.ID, "curl-now").get_attribute(
+    assert "-F refine=false -F decontaminate=false" in browser.find_element(By.ID, "curl-now").get_attribute(
         "textContent")
     press(browser, wait.until(EC.element_to_be_clickable((By.ID, "submit"))))
     wait.until(lambda d: d.execute_script("return window.__sent.length") == 2)

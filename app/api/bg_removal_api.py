@@ -193,7 +193,7 @@ def _options(fields: Fields) -> pipeline.Options:
         semitransparency=_flag(fields, "semitransparency", True),
         scale=pipeline.parse_scale(fields.text.get("scale")),
         position=pipeline.parse_position(fields.text.get("position")),
-        refine=_flag(fields, "refine", False),
+        refine=_flag(fields, "refine", True),
         decontaminate=_flag(fields, "decontaminate", True),
     )
 

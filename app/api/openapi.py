@@ -87,10 +87,10 @@ def _form(config: Config, fields: tuple[str, ...]) -> dict[str, Any]:
                                     "placing the subject on the canvas"},
         "semitransparency": {"type": "boolean", "default": True,
                              "description": f"false makes every pixel fully opaque or fully transparent{BOOLEAN_NOTE}"},
-        "refine": {"type": "boolean", "default": False,
-                   "description": "true refines the model's mask into an alpha matte along the subject's edge, "
-                                  "guided by the photo at the output's size; off by default, since it can change "
-                                  f"the mask where the model is sure{BOOLEAN_NOTE}"},
+        "refine": {"type": "boolean", "default": True,
+                   "description": "refine the model's mask into an alpha matte along the subject's edge, guided "
+                                  "by the photo at the output's size (no pixel changes side of 0.5); false keeps "
+                                  f"the model's mask{BOOLEAN_NOTE}"},
         "decontaminate": {"type": "boolean", "default": True,
                           "description": "replace the old background's colour in semi-transparent pixels with an "
                                          f"estimated foreground colour; false keeps the photo's{BOOLEAN_NOTE}"},
@@ -174,8 +174,8 @@ def _removebg_body() -> dict[str, Any]:
                      "description": "alpha: the mask alone"},
         "add_shadow": {**boolean, "description": "only false is served; true is 400 unsupported_add_shadow"},
         "semitransparency": {**boolean, "description": "false: every pixel fully opaque or transparent"},
-        "refine": {**boolean, "default": False,
-                   "description": "this server's extension, as on /api/bg: true refines the model's mask along the edge"},
+        "refine": {**boolean, "default": True,
+                   "description": "this server's extension, as on /api/bg: false keeps the model's mask as it is"},
         "decontaminate": {**boolean, "default": True,
                           "description": "this server's extension, as on /api/bg: false keeps the photo's colours "
                                          "in semi-transparent pixels"},

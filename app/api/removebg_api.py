@@ -198,7 +198,7 @@ def _options(fields: Fields) -> pipeline.Options:
         semitransparency=_flag(fields, "semitransparency", True),
         scale=scale,
         position=position,
-        refine=_flag(fields, "refine", False),
+        refine=_flag(fields, "refine", True),
         decontaminate=_flag(fields, "decontaminate", True),
     )
 

@@ -266,8 +266,8 @@
       if (cropMargin.value.trim()) fields.push(["crop_margin", cropMargin.value.trim()]);
     }
     if (maxDimension.value.trim()) fields.push(["max_dimension", maxDimension.value.trim()]);
-    // refine is off and decontaminate on unless sent, so only a box changed from its default is sent
-    if (refineBox.checked) fields.push(["refine", "true"]);
+    // both are on unless sent, so only a box changed from its default is sent
+    if (!refineBox.checked) fields.push(["refine", "false"]);
     if (!decontaminateBox.checked && !onlyMaskOn(op)) fields.push(["decontaminate", "false"]);
     return fields;
   }
