@@ -7,13 +7,13 @@ MAX_CONNECTIONS, HEADER_TIMEOUT_S, BODY_TIMEOUT_S, SEND_TIMEOUT_S, BODY_MEMORY_M
 RESPONSE_MEMORY_MB, SPOOL_WAIT_S (docs/operations.md, "Slow clients: the HTTP front").
 """
 import os
-from pathlib import Path
 
 
 def _somaxconn(default: int = 2048) -> int:
     """The kernel's cap on a listener's accept queue (net.core.somaxconn, per network namespace)."""
     try:
-        return int(Path("/proc/sys/net/core/somaxconn").read_text())
+        with open("/proc/sys/net/core/somaxconn") as limit:
+            return int(limit.read())
     except (OSError, ValueError):
         return default
 
