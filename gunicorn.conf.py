@@ -4,12 +4,26 @@ No setting here limits a single request's time (see `timeout`): a request is bou
 for its wait and by the inference itself (docs/operations.md, Time limits). The front's bounds on what a
 client may hold (connections, deadlines, buffers) are environment settings read by app/config.py:
 MAX_CONNECTIONS, HEADER_TIMEOUT_S, BODY_TIMEOUT_S, SEND_TIMEOUT_S, BODY_MEMORY_MB, SPOOL_MAX_MB,
-RESPONSE_MEMORY_MB (docs/operations.md, "Slow clients: the HTTP front").
+RESPONSE_MEMORY_MB, SPOOL_WAIT_S (docs/operations.md, "Slow clients: the HTTP front").
 """
 import os
 
+
+def _somaxconn(default: int = 2048) -> int:
+    """The kernel's cap on a listener's accept queue (net.core.somaxconn, per network namespace)."""
+    try:
+        with open("/proc/sys/net/core/somaxconn") as limit:
+            return int(limit.read())
+    except (OSError, ValueError):
+        return default
+
+
 bind = f"0.0.0.0:{os.environ.get('PORT', '5000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
+# The accept queue as deep as the kernel allows (gunicorn's default is 2048): a burst of connections (a flood
+# reconnecting) queues rather than having handshakes' final ACKs dropped, which a health probe waits out in
+# SYN-ACK retransmits (1 s, then 3 s).
+backlog = max(2048, _somaxconn())
 # uvicorn's gunicorn worker parses requests on an event loop; app/front.py buffers whole bodies before a
 # thread sees them and hands responses back to the loop, so slow or idle clients hold no thread.
 worker_class = "app.front.FrontWorker"

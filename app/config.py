@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,7 +111,7 @@ def _spool_max_mb(env: Mapping[str, str], max_file_size_mb: int) -> int:
 # The front's numeric settings other than SPOOL_MAX_MB: variable -> (low, high); each default is the Config
 # field of the same name in lower case.
 FRONT_RANGES: dict[str, tuple[float, float]] = {
-    "MAX_CONNECTIONS": (10, 1_000_000), "HEADER_TIMEOUT_S": (0.1, 600.0), "BODY_TIMEOUT_S": (0.1, 3600.0),
+    "HEADER_TIMEOUT_S": (0.1, 600.0), "BODY_TIMEOUT_S": (0.1, 3600.0),
     "SEND_TIMEOUT_S": (0.1, 3600.0), "BODY_MEMORY_MB": (1, 65536), "RESPONSE_MEMORY_MB": (1, 65536),
     "SPOOL_WAIT_S": (0.0, 600.0),
 }
@@ -123,6 +124,54 @@ def _front(env: Mapping[str, str], defaults: "Config") -> dict[str, int | float]
         default = getattr(defaults, name.lower())
         settings[name.lower()] = _number(env, name, default, type(default)(low), type(default)(high))
     return settings
+
+
+# MAX_CONNECTIONS' default (connection_bound): enough to hold a flood up to the worker's open-file limit idle,
+# so that it is recycled by the header deadline rather than displaced (and reconnected) twice a second.
+# An idle connection costs the worker about 6.1 KB (10,000 opened by hand: 70 -> 131 MB) and the kernel its
+# socket (slab, which a cgroup v2 container is charged for; docs/operations.md); the default lets
+# connections hold at most CONNECTIONS_MEMORY_MB of the two together.
+CONNECTION_BYTES = 12 * 1024
+CONNECTIONS_MEMORY_MB = 192
+# Files the worker keeps open besides connections, with room to spare: 15 measured after an upload (the
+# listener, its epoll, the log, pipes, onnxruntime's telemetry database, /dev/null; docs/operations.md).
+FD_RESERVE = 128
+# A body up to this size may stay in memory (within BODY_MEMORY_MB); a larger one is spooled to a temp file
+# of its own (as is a smaller one when that total is full).
+SPOOL_IN_MEMORY_BYTES = 512 * 1024
+MIN_CONNECTIONS = 10
+
+
+def open_files_limit() -> int:
+    """This process's soft RLIMIT_NOFILE: a gunicorn worker inherits it from the master."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return 1_000_000_000 if soft == resource.RLIM_INFINITY else soft
+
+
+def connection_bound(fd_limit: int, spool_max_mb: int) -> int:
+    """MAX_CONNECTIONS' default: the open-file limit less the worker's own files and one per spooled body,
+    capped by CONNECTIONS_MEMORY_MB. It stays below the fd limit because asyncio's accept, on EMFILE, stops
+    accepting for a second (selector_events, ACCEPT_RETRY_DELAY), health probes included."""
+    by_files = fd_limit - fd_reserve(spool_max_mb)
+    return max(MIN_CONNECTIONS, min(by_files, CONNECTIONS_MEMORY_MB * 1024 * 1024 // CONNECTION_BYTES))
+
+
+def fd_reserve(spool_max_mb: int) -> int:
+    """Open files the worker needs besides its connections: its own, plus one per body the spool can hold."""
+    return FD_RESERVE + spool_max_mb * 1024 * 1024 // SPOOL_IN_MEMORY_BYTES
+
+
+def _max_connections(env: Mapping[str, str], fd_limit: int, spool_max_mb: int) -> int:
+    """MAX_CONNECTIONS, or connection_bound; an explicit value must leave the worker its reserve of files."""
+    if not env.get("MAX_CONNECTIONS", "").strip():
+        return connection_bound(fd_limit, spool_max_mb)
+    value = _number(env, "MAX_CONNECTIONS", 2000, MIN_CONNECTIONS, 1_000_000)
+    room = fd_limit - fd_reserve(spool_max_mb)
+    if value > room:
+        raise ConfigError(f"MAX_CONNECTIONS={value} does not fit the open-file limit ({fd_limit}, less "
+                          f"{fd_reserve(spool_max_mb)} for the worker's own files and SPOOL_MAX_MB={spool_max_mb}'s "
+                          f"temp files): use at most {room}, or raise the limit (ulimit -n)")
+    return value
 
 
 def base64_length(size: int) -> int:
@@ -160,8 +209,11 @@ class Config:
     image_url_allow_private: bool = False
     image_url_timeout_s: float = 10.0
     # The HTTP front (app/front.py, docs/operations.md "Slow clients"): bounds no client can push past.
-    # Connections served before a new one displaces the longest-waiting one (or gets 503).
+    # Connections served before a new one displaces the longest-waiting one (or gets 503); from_env derives
+    # its default from fd_limit (connection_bound).
     max_connections: int = 2000
+    # The worker's open-file limit (RLIMIT_NOFILE soft), read once at start-up.
+    fd_limit: int = 1024
     # Deadlines: connect -> complete head; head -> whole body (408); a full send buffer -> drained (abort).
     header_timeout_s: float = 10.0
     body_timeout_s: float = 60.0
@@ -210,6 +262,8 @@ class Config:
             raise ConfigError(f"ISNET_SOURCE={isnet_source_raw!r} is not a file")
         flask_env = env.get("FLASK_ENV", "").strip().lower() or "production"
         max_file_size_mb = _number(env, "MAX_FILE_SIZE_MB", 8, 1, 100)
+        spool_max_mb = _spool_max_mb(env, max_file_size_mb)
+        fd_limit = open_files_limit()
         if flask_env not in ("production", "development", "testing"):
             raise ConfigError(f"FLASK_ENV={flask_env!r} must be production, development or testing")
         return cls(
@@ -237,6 +291,8 @@ class Config:
             cors_origins=_origins(env, "CORS_ORIGINS"),
             image_url_allow_private=_flag(env, "IMAGE_URL_ALLOW_PRIVATE"),
             image_url_timeout_s=_number(env, "IMAGE_URL_TIMEOUT_S", 10.0, 0.1, 60.0),
-            spool_max_mb=_spool_max_mb(env, max_file_size_mb),
+            spool_max_mb=spool_max_mb,
+            max_connections=_max_connections(env, fd_limit, spool_max_mb),
+            fd_limit=fd_limit,
             **_front(env, defaults),
         )

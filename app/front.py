@@ -56,7 +56,7 @@ from werkzeug.wsgi import FileWrapper
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn_worker import UvicornWorker
 
-from app.config import Config
+from app.config import SPOOL_IN_MEMORY_BYTES, Config
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -65,7 +65,6 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 MB = 1024 * 1024
-SPOOL_IN_MEMORY_BYTES = 512 * 1024  # a body up to this size may stay in memory (within BODY_MEMORY_MB)
 REPLAY_CHUNK_BYTES = 64 * 1024
 # A file response (send_file: the Swagger bundle, the page's assets) in blocks of this size rather than
 # werkzeug's 8 KB: each block crosses from a thread to the event loop, and a 1 MB file in 128 crossings
@@ -742,6 +741,8 @@ class FrontWorker(UvicornWorker):
         flask_config = getattr(wsgi_app, "config", {})
         settings: Config = flask_config.get("PIXPORT") or Config.from_env()
         limits = Limits.from_config(settings, flask_config.get("MAX_CONTENT_LENGTH"))
+        log.info("at most %d connections (MAX_CONNECTIONS; the worker's open-file limit is %d)",
+                 limits.max_connections, settings.fd_limit)
         self.front = Front(wsgi_app, max(1, self.cfg.threads), limits, str(settings.upload_folder), self._access)
         self.wsgi = self.front
         self.protocol = guarded_protocol(limits)

@@ -9,6 +9,7 @@ import asyncio
 import io
 import json
 import re
+import resource
 import select
 import socket
 import threading
@@ -22,7 +23,8 @@ import pytest
 import requests
 from PIL import Image
 
-from app.config import Config, ConfigError
+from app import config as config_module
+from app.config import Config, ConfigError, connection_bound
 from app.front import LINGER_S, PROBE_INTERVAL_S, STUCK_AFTER_S, Budget, BufferedBodies, Limits, WholeResponse
 from tests.conftest import gunicorn, image_bytes, photo, wait_healthy
 
@@ -342,6 +344,58 @@ def test_past_the_connection_bound_requests_get_503_but_health_is_served(server:
             sock.close()
     time.sleep(0.5)
     assert requests.get(f"{server}/api/bg/status", timeout=5).status_code == 200
+
+
+def test_the_default_bound_holds_a_flood_up_to_the_open_file_limit_and_displaces_past_it(tmp_path: Path):
+    """No MAX_CONNECTIONS, an open-file limit of 400: the bound is 400 less the reserve; past it the
+    longest-waiting connections are displaced, health answers at once, and the worker never runs out of
+    files (asyncio's accept would then stop for a second)."""
+    fd_limit, spool_mb = 400, int(LIMITS["SPOOL_MAX_MB"])
+    bound = connection_bound(fd_limit, spool_mb)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (fd_limit, hard))  # inherited by the server started below
+    try:
+        started = gunicorn(tmp_path, **{**LIMITS, "MAX_CONNECTIONS": None})
+        base, process, log = started.__enter__()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    idle: list[socket.socket] = []
+    try:
+        wait_healthy(base, process, log)
+        worker = psutil.Process(process.pid).children()[0]
+        assert f"at most {bound} connections" in log.read_text() and bound < fd_limit - 100
+        idle = [_connect(base) for _ in range(bound + 40)]
+        time.sleep(0.5)
+        assert _health_s(base) < 1.0
+        assert worker.num_fds() < fd_limit
+        with pytest.raises(ConnectionResetError):
+            idle[0].recv(1)
+        assert not _closed_by_server(idle[-1], within_s=0.2)[0]
+        assert "out of system resource" not in log.read_text()
+    finally:
+        for sock in idle:
+            sock.close()
+        started.__exit__(None, None, None)
+
+
+def test_the_connection_bound_is_derived_from_the_open_file_limit(monkeypatch: pytest.MonkeyPatch):
+    """The open-file limit less the worker's reserve (its own files and one per spooled body), capped by
+    the memory budget, always below the limit; MAX_CONNECTIONS overrides it but must fit the limit."""
+    reserve = config_module.FD_RESERVE + 256 * 2  # SPOOL_MAX_MB 256: up to 512 bodies of over 512 KB
+    assert connection_bound(1024, 256) == 1024 - reserve
+    memory_cap = config_module.CONNECTIONS_MEMORY_MB * 1024 * 1024 // config_module.CONNECTION_BYTES
+    assert connection_bound(20_000, 256) == min(20_000 - reserve, memory_cap) == 16_384
+    assert connection_bound(1_048_576, 256) == memory_cap
+    assert connection_bound(1024, 32) > connection_bound(1024, 256)  # a smaller spool needs fewer files
+    for limit in (64, 256, 1024, 4096, 20_000, 1_048_576):
+        assert connection_bound(limit, 12) < limit
+    monkeypatch.setattr(config_module, "open_files_limit", lambda: 4096)
+    config = Config.from_env({})
+    assert (config.fd_limit, config.max_connections) == (4096, 4096 - reserve)
+    assert Config.from_env({"MAX_CONNECTIONS": "3000"}).max_connections == 3000
+    with pytest.raises(ConfigError, match=re.escape(f"MAX_CONNECTIONS=4000 does not fit the open-file limit (4096, "
+                                                     f"less {reserve}")):
+        Config.from_env({"MAX_CONNECTIONS": "4000"})
 
 
 # --------------------------------------------------------------------------- the watchdog
