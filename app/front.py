@@ -18,7 +18,8 @@ as fast as the client reads (Outbox). Every resource a client can hold has a bou
   body past either total at once). Sockets are read READ_BYTES at a time, and not past a request head
   until the app asks for the body, so what no budget counts is about one read per connection; a request refused while its body is arriving is answered, then the rest is discarded for
   LINGER_S before the connection closes (a close on unread data would reset it);
-- responses waiting for slow readers: RESPONSE_MEMORY_MB in total; past it the connection is aborted;
+- responses waiting for slow readers: RESPONSE_MEMORY_MB in total; past it the connection whose response has
+  waited longest is aborted to make room (only the newest waiting one is refused if none waited longer);
 - send deadline: the kernel's send buffer is capped (SEND_BUFFER_BYTES); a connection whose write buffer has not drained (below the low-water mark) within
   SEND_TIMEOUT_S of filling, or whose response's tail has not left the buffer SEND_TIMEOUT_S after the
   response ended, is aborted, which releases every writer waiting on it (nginx's send_timeout).
@@ -374,14 +375,16 @@ class Outbox:
 
     While the connection can take data, messages go straight to uvicorn. Once it is backed up, they wait
     here, counted against the worker's response budget, and a task writes them as the client reads. If
-    the budget is spent the connection is aborted; after that, messages are dropped, so the thread that
-    produces them finishes at once.
+    the budget is spent, the response waiting longest is aborted to make room (_take), or this one when it
+    is the one; after that, its messages are dropped, so the thread that produces them finishes at once.
     """
 
-    def __init__(self, send: Send, conn: GuardedH11Protocol, budget: Budget) -> None:
+    def __init__(self, send: Send, conn: GuardedH11Protocol, budget: Budget,
+                 backed_up: dict["Outbox", float]) -> None:
         self._send = send
         self._conn = conn
         self._budget = budget
+        self._backed_up = backed_up  # every Outbox of the worker with messages waiting -> since when
         self._queue: list[tuple[Message, int]] = []
         self._writer: asyncio.Task | None = None
         self.dropped = False
@@ -398,12 +401,26 @@ class Outbox:
             await self._deliver(message)
             return
         size = len(message.get("body", b""))
-        if not self._budget.take(size):
+        if not self._take(size):
             self._drop(f"the response buffer ({self._budget.capacity // MB} MB for all clients) is full")
             return
         self._queue.append((message, size))
         if self._writer is None:
+            self._backed_up.setdefault(self, time.monotonic())
             self._writer = asyncio.get_running_loop().create_task(self._write())
+
+    def _take(self, size: int) -> bool:
+        """Room in the shared budget; when it is spent, the response backed up the longest (a client that has
+        stopped reading) is aborted to make it, as MAX_CONNECTIONS displaces the longest-idle connection, so
+        slow readers holding the budget cannot make every other answer fail."""
+        while not self._budget.take(size):
+            mine = self._backed_up.get(self, time.monotonic())
+            older = [(since, box) for box, since in self._backed_up.items() if box is not self and since < mine]
+            if not older:
+                return False
+            min(older, key=lambda pair: pair[0])[1]._drop("displaced: the response buffer is full and this "
+                                                          "client has read least recently")
+        return True
 
     async def _deliver(self, message: Message) -> None:
         await self._send(message)
@@ -425,6 +442,7 @@ class Outbox:
         self._conn.abort(why)
 
     def _release(self) -> None:
+        self._backed_up.pop(self, None)
         self._budget.give(sum(size for _, size in self._queue))
         self._queue.clear()
 
@@ -618,6 +636,7 @@ class Front:
         self.memory = Budget(limits.body_memory_bytes)
         self.disk = Budget(limits.spool_bytes)
         self.responses = Budget(limits.response_memory_bytes)
+        self.backed_up: dict[Outbox, float] = {}  # the Outboxes waiting for their clients (Outbox._take)
         self.bodies = BufferedBodies(WSGIMiddleware(_with_file_wrapper(wsgi_app), workers=threads), limits, spool_dir,
                                      self.memory, self.disk)
         self.health = WholeResponse(wsgi_app, HEALTH_THREADS)
@@ -634,7 +653,7 @@ class Front:
             await self.bodies(scope, receive, send)
             return
         started = time.monotonic()
-        outbox = Outbox(send, conn, self.responses)
+        outbox = Outbox(send, conn, self.responses, self.backed_up)
         names = [name.lower() for name, _ in scope.get("headers", [])]
         health = _is_health(scope)
         try:

@@ -25,7 +25,8 @@ from PIL import Image
 
 from app import config as config_module
 from app.config import Config, ConfigError, connection_bound
-from app.front import LINGER_S, PROBE_INTERVAL_S, STUCK_AFTER_S, Budget, BufferedBodies, Limits, WholeResponse
+from app.front import (LINGER_S, PROBE_INTERVAL_S, STUCK_AFTER_S, Budget, BufferedBodies, Limits, Outbox,
+                       WholeResponse)
 from tests.conftest import gunicorn, image_bytes, photo, wait_healthy
 
 THREADS = 12  # gunicorn.conf.py's default GUNICORN_THREADS
@@ -589,6 +590,54 @@ def test_a_budget_grants_waiters_in_turn_and_expires_the_rest():
         return outcome + [await granted, budget.used]
 
     assert asyncio.run(main()) == [False, True, True, 10]
+
+
+class _StalledConnection:
+    """What Outbox needs of a connection: its write side is backed up, and abort() records why."""
+
+    writing_paused = True
+
+    def __init__(self) -> None:
+        self.aborted: str | None = None
+
+    def abort(self, why: str) -> None:
+        self.aborted = why
+
+
+def test_a_full_response_budget_aborts_the_response_waiting_longest_not_the_newcomer():
+    """Slow readers fill RESPONSE_MEMORY_MB: a new answer that must wait takes the room of the one that has
+    waited longest (that client is aborted), so a normal client's download during a slow-read attack
+    completes; the response waiting longest is itself refused when nothing waited longer."""
+
+    async def main() -> tuple:
+        budget, backed_up = Budget(10), {}
+        never = asyncio.Event()
+
+        async def send(message: dict) -> None:  # a backed-up transport: the write never completes
+            await never.wait()
+
+        async def two(outbox: Outbox, size: int) -> None:
+            """One message in flight (no longer counted), one queued behind it (counted)."""
+            for _ in range(2):
+                await outbox.send({"type": "http.response.body", "body": b"x" * size, "more_body": True})
+                await asyncio.sleep(0.01)
+
+        slower, slow, fresh = (_StalledConnection() for _ in range(3))
+        oldest, older = Outbox(send, slower, budget, backed_up), Outbox(send, slow, budget, backed_up)
+        await two(oldest, 6)
+        await two(older, 4)
+        newcomer = Outbox(send, fresh, budget, backed_up)
+        await newcomer.send({"type": "http.response.body", "body": b"x" * 5, "more_body": True})
+        state = (slower.aborted is not None, slow.aborted, fresh.aborted, budget.used, oldest.dropped)
+        lone = Outbox(send, _StalledConnection(), Budget(4), {})
+        await lone.send({"type": "http.response.body", "body": b"x" * 5})
+        for task in asyncio.all_tasks() - {asyncio.current_task()}:
+            task.cancel()
+        return state, lone.dropped
+
+    state, lone_dropped = asyncio.run(main())
+    assert state == (True, None, None, 9, True)  # the oldest's queued 6 made room for the newcomer's 5
+    assert lone_dropped  # nothing waited longer than it: it is the one refused
 
 
 def test_a_health_answer_needs_the_event_loop_only_once():
