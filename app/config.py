@@ -210,8 +210,8 @@ class Config:
     image_url_timeout_s: float = 10.0
     # The HTTP front (app/front.py, docs/operations.md "Slow clients"): bounds no client can push past.
     # Connections served before a new one displaces the longest-waiting one (or gets 503); from_env derives
-    # its default from fd_limit (connection_bound).
-    max_connections: int = 2000
+    # it from the real fd_limit; this default is connection_bound(fd_limit, spool_max_mb) of the defaults.
+    max_connections: int = 384
     # The worker's open-file limit (RLIMIT_NOFILE soft), read once at start-up.
     fd_limit: int = 1024
     # Deadlines: connect -> complete head; head -> whole body (408); a full send buffer -> drained (abort).

@@ -390,6 +390,8 @@ def test_the_connection_bound_is_derived_from_the_open_file_limit(monkeypatch: p
     assert connection_bound(1024, 32) > connection_bound(1024, 256)  # a smaller spool needs fewer files
     for limit in (64, 256, 1024, 4096, 20_000, 1_048_576):
         assert connection_bound(limit, 12) < limit
+    defaults = Config()
+    assert defaults.max_connections == connection_bound(defaults.fd_limit, defaults.spool_max_mb)
     monkeypatch.setattr(config_module, "open_files_limit", lambda: 4096)
     config = Config.from_env({})
     assert (config.fd_limit, config.max_connections) == (4096, 4096 - reserve)
