@@ -26,7 +26,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from common import fixture_images, reference_mask, score  # noqa: E402
+from fidelity import exact_session  # noqa: E402
 
 from app import model_io  # noqa: E402
 from app.services import model_build  # noqa: E402
@@ -80,13 +80,7 @@ class Scorer:
     def __call__(self, path: Path, exact: bool = False) -> tuple[float, float]:
         """IoU mean and min with the service's session, or (exact) with graph optimisation off: each QDQ triple
         in float, what a CPU with exact int8 kernels (VNNI) computes (docs/models.md, 7-bit weights)."""
-        if exact:
-            options = ort.SessionOptions()
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-            options.intra_op_num_threads = 2
-            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        else:
-            session = create_session(str(path), 2, False)
+        session = exact_session(str(path), 2) if exact else create_session(str(path), 2, False)
         ious = []
         for size, tensor, ref in self.items:
             out = session.run([session.get_outputs()[0].name], {session.get_inputs()[0].name: tensor})[0]
