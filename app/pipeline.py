@@ -236,14 +236,15 @@ Finish = Callable[[Image.Image, Image.Image, Image.Image | None], Result]
 
 def _in_slot(
     source: Source,
+    stem: str,
     options: Options,
     service: MaskService,
     config: Config,
     finish: Finish,
     background: imaging.Header | None = None,
 ) -> Result:
-    """Decode, mask and edges, then finish(RGB at output size, alpha including the upload's own transparency,
-    backdrop) -> the encoded Result, all inside the inference slot.
+    """Decode, mask, edges and framing, then the mask alone (only_mask) or finish(framed RGB, its alpha
+    including the upload's own transparency, backdrop) -> the encoded Result, all inside the inference slot.
 
     The header checks run first, without waiting for the model; decoding (of the photo and of a checked
     background image) waits for the inference slot, so that concurrent requests never hold more than one
@@ -272,7 +273,11 @@ def _in_slot(
             decoded.rgb = matting.decontaminate(decoded.rgb, alpha)
         backdrop = imaging.decode(background, config.max_dimension).rgb if background is not None else None
         rgb, decoded = decoded.rgb, None
-        result = finish(rgb, alpha, backdrop)
+        rgb, alpha = _framed(rgb, alpha, options)
+        if options.only_mask:
+            result = _result(alpha, alpha, rgb, options.fmt or "png", "mask", stem)
+        else:
+            result = finish(rgb, alpha, backdrop)
         del rgb, alpha, backdrop
     return result
 
@@ -322,12 +327,9 @@ def _result(image: Image.Image, alpha: Image.Image, color: Image.Image, fmt: str
 def remove_background(data: Source, stem: str, options: Options, service: MaskService, config: Config) -> Result:
     """The cutout (PNG by default), or the mask alone with only_mask."""
     def finish(rgb: Image.Image, alpha: Image.Image, _backdrop: Image.Image | None) -> Result:
-        rgb, alpha = _framed(rgb, alpha, options)
-        if options.only_mask:
-            return _result(alpha, alpha, rgb, options.fmt or "png", "mask", stem)
         return _result(imaging.cutout(rgb, alpha), alpha, rgb, options.fmt or "png", "nobg", stem)
 
-    return _in_slot(data, options, service, config, finish)
+    return _in_slot(data, stem, options, service, config, finish)
 
 
 def change_background(
@@ -348,9 +350,6 @@ def change_background(
     checked_background = _checked(background, config.max_dimension, config) if background is not None else None
 
     def finish(rgb: Image.Image, alpha: Image.Image, backdrop: Image.Image | None) -> Result:
-        rgb, alpha = _framed(rgb, alpha, options)
-        if options.only_mask:
-            return _result(alpha, alpha, rgb, options.fmt or "png", "mask", stem)
         under = imaging.cover(backdrop, rgb.size) if backdrop is not None else imaging.solid(rgb.size, color)
         composed = imaging.over_background(rgb, alpha, under)
         del under
@@ -358,4 +357,4 @@ def change_background(
         fmt = options.fmt or ("png" if translucent else "jpeg")
         return _result(composed if translucent else flat, alpha, flat, fmt, "colored", stem)
 
-    return _in_slot(data, options, service, config, finish, checked_background)
+    return _in_slot(data, stem, options, service, config, finish, checked_background)
