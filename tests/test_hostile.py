@@ -68,6 +68,7 @@ ODD_INPUTS = {
 }
 
 
+@pytest.mark.disc_model
 @pytest.mark.parametrize("name", list(ODD_INPUTS))
 @pytest.mark.parametrize("path", ["/api/bg/remove", "/api/bg/change_color"])
 def test_odd_inputs_are_served(client, name, path):

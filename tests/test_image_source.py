@@ -27,6 +27,9 @@ from app.errors import ApiError
 from tests.conftest import image_bytes, photo
 from tests.test_api import assert_json_error
 
+# How an image arrives is under test, not the mask: the apps run on the disc model, not u2netp.
+pytestmark = pytest.mark.disc_model
+
 PNG = image_bytes(photo((96, 64)), "PNG")
 
 

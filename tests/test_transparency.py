@@ -1,8 +1,8 @@
 """Fully transparent pixels carry no colour, in every output with alpha (issue 12, point 1).
 
 The uploads here have their own transparent half over saturated red, so pixels with alpha 0 exist
-whatever the model does: the output must have RGB 0 there, or dropping the alpha channel would bring
-back what was removed.
+whatever the model does (so those tests run on the disc model; the real photo on the bundled u2netp):
+the output must have RGB 0 there, or dropping the alpha channel would bring back what was removed.
 """
 import io
 
@@ -60,6 +60,7 @@ def test_encoders_keep_transparent_pixels_colourless_and_alpha_exact(fmt):
     assert assert_no_colour_where_transparent(imaging.encode(cut, fmt)) >= 96 * 64 // 2
 
 
+@pytest.mark.disc_model
 @pytest.mark.parametrize("fields", [
     {"format": "png"}, {"format": "webp"}, {"crop": "true"}, {"crop": "true", "format": "webp"},
 ])
@@ -69,6 +70,7 @@ def test_remove_outputs_have_no_colour_under_transparency(client, fields):
     assert assert_no_colour_where_transparent(response.data) > 0
 
 
+@pytest.mark.disc_model
 @pytest.mark.parametrize("fmt", ["png", "webp"])
 def test_translucent_change_color_has_no_colour_under_transparency(client, fmt):
     response = client.post("/api/bg/change_color", data=upload(half_hidden(), "h.png", color="#00FF0000", format=fmt))
@@ -76,6 +78,7 @@ def test_translucent_change_color_has_no_colour_under_transparency(client, fmt):
     assert assert_no_colour_where_transparent(response.data) >= 96 * 64 // 2
 
 
+@pytest.mark.disc_model
 def test_only_mask_stays_a_grayscale_image(client):
     response = client.post("/api/bg/remove", data=upload(half_hidden(), "h.png", only_mask="true"))
     mask = Image.open(io.BytesIO(response.data))
