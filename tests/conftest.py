@@ -1,6 +1,7 @@
 """Shared fixtures: an app on a throw-away MODEL_DIR, images made in memory, tiny ONNX graphs."""
 from __future__ import annotations
 
+import http.server
 import io
 import os
 import signal
@@ -150,6 +151,15 @@ def wait_for_state(client: FlaskClient, wanted: set[str], seconds: float = 120) 
             return info
         time.sleep(0.1)
     raise AssertionError(f"state never reached {wanted}: {info}")
+
+
+class LoopbackServer(http.server.ThreadingHTTPServer):
+    """The tests' origin servers: a client that hangs up on purpose (a download cut off at its limit or
+    deadline) is what the test wants, not a traceback in the test output."""
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 def free_port() -> int:

@@ -24,7 +24,7 @@ from PIL import Image
 from app import image_source
 from app.config import Config
 from app.errors import ApiError
-from tests.conftest import image_bytes, photo
+from tests.conftest import LoopbackServer, image_bytes, photo
 from tests.test_api import assert_json_error
 
 # How an image arrives is under test, not the mask: the apps run on the disc model, not u2netp.
@@ -89,10 +89,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self._send(404, b"", "text/plain")
 
 
-def serve(ssl_context: ssl.SSLContext | None = None) -> tuple[http.server.ThreadingHTTPServer, list]:
+def serve(ssl_context: ssl.SSLContext | None = None) -> tuple[LoopbackServer, list]:
     hits: list[tuple[str, str]] = []
     handler = type("BoundHandler", (Handler,), {"hits": hits})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = LoopbackServer(("127.0.0.1", 0), handler)
     if ssl_context is not None:
         server.socket = ssl_context.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()

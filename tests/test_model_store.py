@@ -12,6 +12,7 @@ import pytest
 
 from app.services import model_store
 from app.services.model_store import CATALOGUE, ModelSpec, ModelUnavailable
+from tests.conftest import LoopbackServer
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
@@ -25,7 +26,7 @@ def file_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     folder = tmp_path / "served"
     folder.mkdir()
     handler = lambda *args, **kwargs: _Handler(*args, directory=str(folder), **kwargs)  # noqa: E731
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = LoopbackServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}/", folder
