@@ -196,6 +196,9 @@ class Config:
     ort_arena: bool = False
     # Inferences run at once, each on ort_threads threads (docs/performance.md, "What to set on Railway").
     inference_slots: int = 1
+    # Nice levels added to the threads that run inference (onnxruntime's pool and each request thread inside
+    # its slot) over the process's: the event loop and the health threads keep theirs and win the CPU.
+    inference_nice: int = 10
     max_file_size_mb: int = 8
     max_dimension: int = 1024
     max_pixels: int = 40_000_000
@@ -279,6 +282,7 @@ class Config:
             ort_threads=_threads(env),
             ort_arena=_flag(env, "ORT_ARENA"),
             inference_slots=_number(env, "INFERENCE_SLOTS", 1, 1, 8),
+            inference_nice=_number(env, "INFERENCE_NICE", 10, 0, 19),
             max_file_size_mb=max_file_size_mb,
             max_dimension=_number(env, "MAX_DIMENSION", 1024, 64, 8192),
             max_pixels=_number(env, "MAX_PIXELS", 40_000_000, 1_000_000, 400_000_000),

@@ -27,7 +27,8 @@ from app import config as config_module
 from app.config import Config, ConfigError, connection_bound
 from app.front import (LINGER_S, PROBE_INTERVAL_S, STUCK_AFTER_S, Budget, BufferedBodies, Limits, Outbox,
                        WholeResponse)
-from tests.conftest import gunicorn, image_bytes, photo, wait_healthy
+from app.services.isnet_tiny_service import IsnetTinyService
+from tests.conftest import gunicorn, image_bytes, photo, tiny_onnx, wait_healthy
 
 THREADS = 12  # gunicorn.conf.py's default GUNICORN_THREADS
 LIMITS = {"HEADER_TIMEOUT_S": "1", "BODY_TIMEOUT_S": "4", "SEND_TIMEOUT_S": "2", "BODY_MEMORY_MB": "4",
@@ -674,3 +675,57 @@ def test_a_health_answer_needs_the_event_loop_only_once():
     sent = asyncio.run(main())
     assert [message["type"] for message in sent] == ["http.response.start", "http.response.body"]
     assert sent[0]["status"] == 200 and sent[1]["body"] == b'{"status": "healthy"}'
+
+
+# --------------------------------------------------------------------------- the CPU: the event loop first
+
+
+def _nice_by_thread(pid: int) -> dict[int, int]:
+    """Each thread's nice value (field 19 of /proc/PID/task/TID/stat)."""
+    values = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            values[int(task.name)] = int((task / "stat").read_text().rsplit(")", 1)[1].split()[16])
+        except (OSError, IndexError, ValueError):
+            continue  # a thread that ended meanwhile
+    return values
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="per-thread nice values are Linux's")
+def test_inference_threads_yield_the_cpu_and_the_event_loop_keeps_its_priority(served):
+    """After an upload, the thread that ran it is INFERENCE_NICE levels below the worker's main thread (the
+    event loop), which is where it started."""
+    base, worker = served
+    before = worker.nice()
+    _upload(base)
+    nice = _nice_by_thread(worker.pid)
+    assert nice[worker.pid] == before
+    assert min(19, before + Config().inference_nice) in set(nice.values()) - {before}
+    assert _health_s(base) < 1.0
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="per-thread nice values are Linux's")
+def test_onnxruntime_pool_threads_and_the_slot_run_at_the_inference_nice_value(tmp_path: Path):
+    """onnxruntime's intra-op threads start in the thread that creates the session and inherit its nice value."""
+    pid = psutil.Process().pid
+    base = psutil.Process().nice()
+    config = Config(model_path=tiny_onnx(tmp_path / "tiny.onnx"), bg_model="isnet-general-use", ort_threads=2,
+                    inference_nice=3, model_dir=tmp_path)
+    service = IsnetTinyService(config)
+    before = set(_nice_by_thread(pid))
+    service.start_loading()
+    service.wait_until_ready(30)
+    pool = {tid: value for tid, value in _nice_by_thread(pid).items() if tid not in before}
+    lowered = min(19, base + 3)
+    assert pool and set(pool.values()) == {lowered}, pool  # the loader thread has ended; its pool remains
+    inside: list[int] = []
+
+    def request() -> None:
+        with service.slot() as size:
+            inside.append(_nice_by_thread(pid)[threading.get_native_id()])
+            service.mask(Image.new("RGB", (size, size)), (size, size))
+
+    thread = threading.Thread(target=request)
+    thread.start()
+    thread.join()
+    assert inside == [lowered] and _nice_by_thread(pid)[threading.get_native_id()] == base
