@@ -349,23 +349,20 @@ def test_past_the_connection_bound_requests_get_503_but_health_is_served(server:
 
 
 def test_the_default_bound_holds_a_flood_up_to_the_open_file_limit_and_displaces_past_it(tmp_path: Path):
-    """No MAX_CONNECTIONS, an open-file limit of 400: the bound is 400 less the reserve; past it the
-    longest-waiting connections are displaced, health answers at once, and the worker never runs out of
-    files (asyncio's accept would then stop for a second)."""
+    """No MAX_CONNECTIONS, a soft open-file limit of 300 under a hard one of 400: the worker raises its soft
+    limit to the hard one and derives the bound from it (400 less the reserve); past it the longest-waiting
+    connections are displaced, health answers at once, and the worker never runs out of files (asyncio's
+    accept would then stop for a second)."""
     fd_limit, spool_mb = 400, int(LIMITS["SPOOL_MAX_MB"])
     bound = connection_bound(fd_limit, spool_mb)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (fd_limit, hard))  # inherited by the server started below
-    try:
-        started = gunicorn(tmp_path, **{**LIMITS, "MAX_CONNECTIONS": None})
-        base, process, log = started.__enter__()
-    finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    started = gunicorn(tmp_path, nofile=(300, fd_limit), **{**LIMITS, "MAX_CONNECTIONS": None})
+    base, process, log = started.__enter__()
     idle: list[socket.socket] = []
     try:
         wait_healthy(base, process, log)
         worker = psutil.Process(process.pid).children()[0]
         assert f"at most {bound} connections" in log.read_text() and bound < fd_limit - 100
+        assert "raised the open-file limit from 300 to 400 (its hard limit)" in log.read_text()
         idle = [_connect(base) for _ in range(bound + 40)]
         time.sleep(0.5)
         assert _health_s(base) < 1.0
@@ -400,6 +397,20 @@ def test_the_connection_bound_is_derived_from_the_open_file_limit(monkeypatch: p
     with pytest.raises(ConfigError, match=re.escape(f"MAX_CONNECTIONS=4000 does not fit the open-file limit (4096, "
                                                      f"less {reserve}")):
         Config.from_env({"MAX_CONNECTIONS": "4000"})
+
+
+def test_the_soft_open_file_limit_is_raised_to_the_hard_one():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    lowered = 256 if hard == resource.RLIM_INFINITY else min(256, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (lowered, hard))
+    try:
+        before, after = config_module.raise_open_files_limit()
+        now = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        assert before == lowered and after == now == (config_module.NOFILE_CEILING if hard == resource.RLIM_INFINITY
+                                                      else hard)
+        assert config_module.raise_open_files_limit() == (after, after)  # once raised, nothing to do
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 # --------------------------------------------------------------------------- the watchdog
