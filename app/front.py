@@ -249,6 +249,7 @@ class GuardedH11Protocol(H11Protocol, asyncio.BufferedProtocol):
         self.displaced.discard(self)
         self.open.discard(self)
         super().connection_lost(exc)
+        self.app_state = {}  # it named this connection: without the cycle, refcounting frees it at once
 
     def _displace_oldest_waiting(self) -> None:
         """Close the connection that has waited longest for a request, if there is one."""
