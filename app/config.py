@@ -165,6 +165,7 @@ def raise_open_files_limit() -> tuple[int, int]:
     do the same. The soft 1,024 protects select(), which cannot watch higher descriptors; the front uses
     epoll (asyncio's selector on Linux). The hard limit stays the operator's (ulimit -n, --ulimit nofile).
     """
+    before = open_files_limit()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = NOFILE_CEILING if hard == resource.RLIM_INFINITY else hard
     if soft != resource.RLIM_INFINITY and soft < wanted:
@@ -172,7 +173,7 @@ def raise_open_files_limit() -> tuple[int, int]:
             resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
         except (OSError, ValueError):
             pass  # a kernel nr_open below the hard limit: keep the soft limit
-    return (open_files_limit() if soft == resource.RLIM_INFINITY else soft), open_files_limit()
+    return before, open_files_limit()
 
 
 def connection_bound(fd_limit: int, spool_max_mb: int) -> int:

@@ -18,9 +18,10 @@ with pipelining 1-5, and three socket floods), each against a fresh server, and 
 memory and spool figures; with --target it attacks a server that is already running (a container) and
 reports health and recovery only. --latency RUNS measures no attack: the median of RUNS uploads of a
 1024 px photo against a fresh deployed server per --variant (extra ENV), the variants alternating for
---rounds rounds, to check that a setting made for attacks costs nothing when there is none. --pin runs the server on CPU 0 and the attacker on CPU 1 (taskset), a closer
-picture of an attacker on another machine; --profile DIR records the worker with py-spy (PY_SPY, or py-spy on
-PATH) for the middle half of each attack.
+--rounds rounds, to check that a setting made for attacks costs nothing when there is none. --pin runs
+the server on CPU 0 and the attacker on CPU 1 (taskset), a closer picture of an attacker on another
+machine; --profile DIR records the worker with py-spy (PY_SPY, or py-spy on PATH) for the middle half of
+each attack.
 Exit status 1 if a case gets a status it should not (5xx, or a refusal of something that should be served),
 or, with --front, if an attack misses one of issue 16's goals.
 """
