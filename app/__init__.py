@@ -11,12 +11,11 @@ from typing import IO, Any, Callable, Mapping
 from flask import Flask, Request, current_app, g, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from app.config import ALLOWED_EXTENSIONS, Config
+from app.config import ALLOWED_EXTENSIONS, UPLOAD_IN_MEMORY_BYTES, Config
 from app.errors import ApiError
 
 log = logging.getLogger("app")
 
-SPOOL_IN_MEMORY_BYTES = 500 * 1024
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
     "connect-src 'self'; frame-ancestors 'none'"
@@ -40,7 +39,7 @@ class SpoolingRequest(Request):
         filename: str | None = None,
         content_length: int | None = None,
     ) -> IO[bytes]:
-        if total_content_length is not None and total_content_length <= SPOOL_IN_MEMORY_BYTES:
+        if total_content_length is not None and total_content_length <= UPLOAD_IN_MEMORY_BYTES:
             return super()._get_file_stream(total_content_length, content_type, filename, content_length)
         folder = current_app.config["PIXPORT"].upload_folder
         return tempfile.TemporaryFile("wb+", dir=folder)  # type: ignore[return-value]

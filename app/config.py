@@ -136,16 +136,44 @@ CONNECTIONS_MEMORY_MB = 192
 # Files the worker keeps open besides connections, with room to spare: 15 measured after an upload (the
 # listener, its epoll, the log, pipes, onnxruntime's telemetry database, /dev/null; docs/operations.md).
 FD_RESERVE = 128
-# A body up to this size may stay in memory (within BODY_MEMORY_MB); a larger one is spooled to a temp file
-# of its own (as is a smaller one when that total is full).
-SPOOL_IN_MEMORY_BYTES = 512 * 1024
+# The front (app/front.py): a request body up to this size may stay in memory (within BODY_MEMORY_MB); a larger
+# one is spooled to a temp file of its own (as is a smaller one when that total is full).
+BODY_IN_MEMORY_BYTES = 512 * 1024
+# The app, once the front hands it the body: an uploaded file part, an image_url download or a decoded
+# image_file_b64 image up to this size is held in memory, a larger one in an anonymous temp file in
+# UPLOAD_FOLDER (werkzeug's own threshold for form files).
+UPLOAD_IN_MEMORY_BYTES = 500 * 1024
 MIN_CONNECTIONS = 10
+
+
+# Where the hard open-file limit is unlimited, the soft one is raised this far (Linux's default nr_open).
+NOFILE_CEILING = 1_048_576
 
 
 def open_files_limit() -> int:
     """This process's soft RLIMIT_NOFILE: a gunicorn worker inherits it from the master."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     return 1_000_000_000 if soft == resource.RLIM_INFINITY else soft
+
+
+def raise_open_files_limit() -> tuple[int, int]:
+    """Raise this process's soft RLIMIT_NOFILE to its hard limit; returns (before, after).
+
+    Called once by the front's worker before the app reads its settings, so that MAX_CONNECTIONS' default
+    is derived from what the hard limit allows: a container started at a soft limit of 1,024 (Docker
+    Engine 25+ on systemd) would otherwise get a bound of 384. nginx (worker_rlimit_nofile) and Go's runtime
+    do the same. The soft 1,024 protects select(), which cannot watch higher descriptors; the front uses
+    epoll (asyncio's selector on Linux). The hard limit stays the operator's (ulimit -n, --ulimit nofile).
+    """
+    before = open_files_limit()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = NOFILE_CEILING if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (OSError, ValueError):
+            pass  # a kernel nr_open below the hard limit: keep the soft limit
+    return before, open_files_limit()
 
 
 def connection_bound(fd_limit: int, spool_max_mb: int) -> int:
@@ -158,7 +186,7 @@ def connection_bound(fd_limit: int, spool_max_mb: int) -> int:
 
 def fd_reserve(spool_max_mb: int) -> int:
     """Open files the worker needs besides its connections: its own, plus one per body the spool can hold."""
-    return FD_RESERVE + spool_max_mb * 1024 * 1024 // SPOOL_IN_MEMORY_BYTES
+    return FD_RESERVE + spool_max_mb * 1024 * 1024 // BODY_IN_MEMORY_BYTES
 
 
 def _max_connections(env: Mapping[str, str], fd_limit: int, spool_max_mb: int) -> int:
@@ -196,6 +224,9 @@ class Config:
     ort_arena: bool = False
     # Inferences run at once, each on ort_threads threads (docs/performance.md, "What to set on Railway").
     inference_slots: int = 1
+    # Nice levels added to the threads that run inference (onnxruntime's pool and each request thread inside
+    # its slot) over the process's: the event loop and the health threads keep theirs and win the CPU.
+    inference_nice: int = 10
     max_file_size_mb: int = 8
     max_dimension: int = 1024
     max_pixels: int = 40_000_000
@@ -279,6 +310,7 @@ class Config:
             ort_threads=_threads(env),
             ort_arena=_flag(env, "ORT_ARENA"),
             inference_slots=_number(env, "INFERENCE_SLOTS", 1, 1, 8),
+            inference_nice=_number(env, "INFERENCE_NICE", 10, 0, 19),
             max_file_size_mb=max_file_size_mb,
             max_dimension=_number(env, "MAX_DIMENSION", 1024, 64, 8192),
             max_pixels=_number(env, "MAX_PIXELS", 40_000_000, 1_000_000, 400_000_000),

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import os
+import sys
+import threading
 from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -116,3 +118,27 @@ def available_cpus(
     if quota is not None:
         count = min(count, math.floor(quota))
     return max(1, count)
+
+
+def lower_thread_priority(increment: int) -> int | None:
+    """Give the calling thread `increment` nice levels over the process's main thread (at most 19), as
+    `nice -n` does for a process; threads it creates from then on inherit the value. Returns the thread's
+    nice value, or None where it does not apply: not Linux, the main thread, an increment of 0.
+
+    On Linux the nice value belongs to a thread (setpriority with a thread id), so inference threads can
+    yield the CPU to the event loop (the main thread) and the health threads without privileges. An
+    unprivileged thread may raise its nice value but never lower it again, so it is for threads that only
+    run background work; the main thread is never lowered, since everything it starts would inherit it.
+    """
+    if increment <= 0 or not sys.platform.startswith("linux"):
+        return None
+    if threading.current_thread() is threading.main_thread():
+        return None
+    thread = threading.get_native_id()
+    try:
+        wanted = min(19, os.getpriority(os.PRIO_PROCESS, os.getpid()) + increment)
+        if os.getpriority(os.PRIO_PROCESS, thread) < wanted:
+            os.setpriority(os.PRIO_PROCESS, thread, wanted)
+        return os.getpriority(os.PRIO_PROCESS, thread)
+    except OSError:
+        return None

@@ -57,7 +57,7 @@ from werkzeug.wsgi import FileWrapper
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn_worker import UvicornWorker
 
-from app.config import SPOOL_IN_MEMORY_BYTES, Config
+from app.config import BODY_IN_MEMORY_BYTES, Config, raise_open_files_limit
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -249,6 +249,7 @@ class GuardedH11Protocol(H11Protocol, asyncio.BufferedProtocol):
         self.displaced.discard(self)
         self.open.discard(self)
         super().connection_lost(exc)
+        self.app_state = {}  # it named this connection: without the cycle, refcounting frees it at once
 
     def _displace_oldest_waiting(self) -> None:
         """Close the connection that has waited longest for a request, if there is one."""
@@ -469,7 +470,7 @@ class _Body:
     async def reserve(self, declared: int, wait_s: float) -> None:
         """A large declared body goes straight to disk: reserve all of it before reading a byte, waiting up
         to `wait_s` for room (unread, the body waits in the kernel's buffers), or refuse it."""
-        if declared <= SPOOL_IN_MEMORY_BYTES and self._memory.take(declared):
+        if declared <= BODY_IN_MEMORY_BYTES and self._memory.take(declared):
             self._in_memory = declared
             self._reserved = -1  # memory reserved: writes need no more
             return
@@ -484,7 +485,7 @@ class _Body:
             self.file.write(chunk)
             return
         if isinstance(self.file, io.BytesIO):
-            if self.size <= SPOOL_IN_MEMORY_BYTES and self._memory.take(len(chunk)):
+            if self.size <= BODY_IN_MEMORY_BYTES and self._memory.take(len(chunk)):
                 self._in_memory += len(chunk)
                 self.file.write(chunk)
                 return
@@ -756,10 +757,13 @@ class FrontWorker(UvicornWorker):
                                      "access_log": False, "h11_max_incomplete_event_size": MAX_HEAD_BYTES}
 
     def load_wsgi(self) -> None:
+        files_before, files = raise_open_files_limit()  # before the app derives MAX_CONNECTIONS from it
         wsgi_app = self.app.wsgi()
         flask_config = getattr(wsgi_app, "config", {})
         settings: Config = flask_config.get("PIXPORT") or Config.from_env()
         limits = Limits.from_config(settings, flask_config.get("MAX_CONTENT_LENGTH"))
+        if files != files_before:
+            log.info("raised the open-file limit from %d to %d (its hard limit)", files_before, files)
         log.info("at most %d connections (MAX_CONNECTIONS; the worker's open-file limit is %d)",
                  limits.max_connections, settings.fd_limit)
         self.front = Front(wsgi_app, max(1, self.cfg.threads), limits, str(settings.upload_folder), self._access)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 from urllib.parse import unquote, urljoin, urlsplit
 
-from app.config import Config
+from app.config import UPLOAD_IN_MEMORY_BYTES, Config
 from app.errors import ApiError, BadRequest, TooLarge
 
 if TYPE_CHECKING:
@@ -41,9 +41,7 @@ _URLSAFE = str.maketrans("-_", "+/")
 
 def spool(folder: Path) -> IO[bytes]:
     """A temp file like an upload's: in memory while small, then anonymous on disk in `folder`."""
-    from app import SPOOL_IN_MEMORY_BYTES
-
-    return tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY_BYTES, mode="w+b", dir=folder)  # type: ignore[return-value]
+    return tempfile.SpooledTemporaryFile(max_size=UPLOAD_IN_MEMORY_BYTES, mode="w+b", dir=folder)  # type: ignore[return-value]
 
 
 # ---------------------------------------------------------------- image_file_b64

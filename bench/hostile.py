@@ -10,14 +10,18 @@ peak of their sum). Inputs are generated once into bench/out/hostile-inputs/.
         [--port 6050] [--case PREFIX ...] [--worker gthread] [--json OUT]
     .venv/bin/python bench/hostile.py --front [--connections 1000] [--idle 3000] [--seconds 30] [--case PREFIX ...]
         [--target http://127.0.0.1:8080] [--pin] [--profile DIR]
+    .venv/bin/python bench/hostile.py --latency 8 [--variant INFERENCE_NICE=0 --variant INFERENCE_NICE=10]
 
 --worker overrides gunicorn's worker class through GUNICORN_CMD_ARGS, to compare with the old gthread front.
 --front runs the attacks on the HTTP front instead (bench/slow_attacks.py: slowhttptest -H, -B, -R and -X
 with pipelining 1-5, and three socket floods), each against a fresh server, and prints health, recovery,
 memory and spool figures; with --target it attacks a server that is already running (a container) and
-reports health and recovery only. --pin runs the server on CPU 0 and the attacker on CPU 1 (taskset), a closer
-picture of an attacker on another machine; --profile DIR records the worker with py-spy (PY_SPY, or py-spy on
-PATH) for the middle half of each attack.
+reports health and recovery only. --latency RUNS measures no attack: the median of RUNS uploads of a
+1024 px photo against a fresh deployed server per --variant (extra ENV), the variants alternating for
+--rounds rounds, to check that a setting made for attacks costs nothing when there is none. --pin runs
+the server on CPU 0 and the attacker on CPU 1 (taskset), a closer picture of an attacker on another
+machine; --profile DIR records the worker with py-spy (PY_SPY, or py-spy on PATH) for the middle half of
+each attack.
 Exit status 1 if a case gets a status it should not (5xx, or a refusal of something that should be served),
 or, with --front, if an attack misses one of issue 16's goals.
 """
@@ -28,6 +32,7 @@ import io
 import json
 import os
 import socket
+import statistics
 import struct
 import subprocess
 import sys
@@ -399,11 +404,11 @@ CASES: dict[str, Callable[[str, dict[str, bytes]], Outcome]] = {
 # --------------------------------------------------------------------------- driver
 
 
-def _server(args: argparse.Namespace, port: int) -> common.Server:
+def _server(args: argparse.Namespace, port: int, extra_env: dict[str, str] | None = None) -> common.Server:
     work = Path(tempfile.mkdtemp(prefix="bench-hostile-"))
     env = common.base_env(port, work)
     env.update(DEPLOYED_ENV)
-    env.update(BG_MODEL=args.model, MODEL_DIR=str(args.model_dir), LOG_LEVEL="warning")
+    env.update(BG_MODEL=args.model, MODEL_DIR=str(args.model_dir), LOG_LEVEL="warning", **(extra_env or {}))
     if args.worker:
         env["GUNICORN_CMD_ARGS"] = f"--worker-class {args.worker}"
     argv = [*(PIN_SERVER if getattr(args, "pin", False) else []), str(common.VENV_BIN / "gunicorn"),
@@ -519,6 +524,36 @@ def front(args: argparse.Namespace) -> int:
                    slow_attacks.table, lambda r: bool(r["missed"]))
 
 
+def latency(args: argparse.Namespace) -> int:
+    """Median upload time with no attack, per --variant, the variants alternating round by round."""
+    photo = inputs()["photo-1024.jpg"]
+    variants = args.variant or [""]
+    times: dict[str, list[float]] = {variant: [] for variant in variants}
+    print(f"# bench/hostile.py --latency {args.latency}, model {args.model}, {args.rounds} rounds")
+    print(f"# {common.machine()}")
+    print(f"# {common.command_line()}")
+    for round_ in range(args.rounds):
+        for variant in variants:
+            extra = dict(item.split("=", 1) for item in variant.split(",") if item)
+            with _server(args, args.port, extra) as server:
+                _post(server.base, "/api/bg/remove", {"file": ("p.jpg", photo)})  # the model loaded and warm
+                for _ in range(args.latency):
+                    started = time.monotonic()
+                    response = _post(server.base, "/api/bg/remove", {"file": ("p.jpg", photo)})
+                    times[variant].append(time.monotonic() - started)
+                    if response.status_code != 200:
+                        print(f"{variant or 'default'}: upload answered {response.status_code}")
+                        return 1
+            print(json.dumps({"round": round_, "variant": variant or "default", "loadavg": common.loadavg(),
+                              "seconds": [round(t, 3) for t in times[variant][-args.latency:]]}), flush=True)
+    print()
+    print("| variant | uploads | median (s) | min (s) |")
+    print("| --- | --- | --- | --- |")
+    for variant, seconds in times.items():
+        print(f"| {variant or 'default'} | {len(seconds)} | {statistics.median(seconds):.3f} | {min(seconds):.3f} |")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="isnet-general-tiny")
@@ -536,6 +571,10 @@ def main() -> int:
     parser.add_argument("--target", default="", help="--front: attack this running server instead")
     parser.add_argument("--pin", action="store_true", help="--front: server on CPU 0, attacker on CPU 1 (taskset)")
     parser.add_argument("--profile", type=Path, help="--front: py-spy the worker into this directory")
+    parser.add_argument("--latency", type=int, default=0, help="no attack: RUNS timed uploads per server")
+    parser.add_argument("--variant", action="append", default=[],
+                        help="--latency: extra ENV for one server, KEY=VALUE[,KEY=VALUE] (repeat to compare)")
+    parser.add_argument("--rounds", type=int, default=2, help="--latency: rounds of the variants, alternating")
     args = parser.parse_args()
     if args.front and args.target:
         return front(args)
@@ -544,6 +583,8 @@ def main() -> int:
         return 0
     if args.front:
         return front(args)
+    if args.latency:
+        return latency(args)
     data = inputs()
     return run_all(args, f"bench/hostile.py, model {args.model}, worker {args.worker or 'gunicorn.conf.py'}",
                    selected(list(CASES), args.cases), lambda name, port: run_case(args, name, data, port),

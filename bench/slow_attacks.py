@@ -300,7 +300,7 @@ def run_attack(attack: Attack, base: str, seconds: float, photo: bytes, server: 
     drops_before = listen_drops()
     load = common.loadavg()
     worker_cpu_before = cpu_s(server.worker) if server is not None else None
-    began = time.monotonic()
+    began, began_epoch = time.monotonic(), time.time()
     attack.start()
     for watcher in watchers:
         watcher.start()
@@ -350,6 +350,11 @@ def run_attack(attack: Attack, base: str, seconds: float, photo: bytes, server: 
         "health_first_byte_worst_s": round(max(probe.first_byte_s for probe in during), 3) if during else None,
         "health_failed": sum(1 for probe in during if probe.total_s == float("inf")),
         "health_over_1s": sum(1 for probe in during if probe.total_s >= 1.0),
+        # The slow probes' times (s after the attack began, wall clock of its start beside), to set against
+        # the upload's window and a profile of the worker.
+        "began_epoch": round(began_epoch, 3),
+        "health_slow": [[round(probe.at - began, 2), round(probe.total_s, 3)] for probe in during
+                        if probe.total_s >= 0.5],
         "attacker_cpu_pct": round(100 * attacker_cpu_s / attack_s),
         "worker_cpu_pct": worker_cpu,
         "listen_drops": drops,

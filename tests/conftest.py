@@ -4,6 +4,7 @@ from __future__ import annotations
 import http.server
 import io
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -169,13 +170,13 @@ def free_port() -> int:
 
 
 @contextmanager
-def gunicorn(home: Path, app: str = "app_isnet_tiny:app",
+def gunicorn(home: Path, app: str = "app_isnet_tiny:app", nofile: tuple[int, int] | None = None,
              **env: str | None) -> Iterator[tuple[str, subprocess.Popen, Path]]:
     """The production command (gunicorn -c gunicorn.conf.py) in a child process; yields (base URL, process, log).
 
     Folders, $HOME (gunicorn's control socket) and the log live in `home`; BG_MODEL and MODEL_PATH are
-    unset, so it serves the bundled u2netp. `app` is the WSGI app to serve; `env` overrides; a value of
-    None unsets the variable.
+    unset, so it serves the bundled u2netp. `app` is the WSGI app to serve; `nofile` the child's (soft, hard)
+    open-file limit; `env` overrides; a value of None unsets the variable.
     """
     port = free_port()
     settings: dict[str, str | None] = {
@@ -189,6 +190,7 @@ def gunicorn(home: Path, app: str = "app_isnet_tiny:app",
             [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", app], cwd=ROOT,
             env={key: value for key, value in settings.items() if value is not None},
             stdout=out, stderr=subprocess.STDOUT,
+            preexec_fn=None if nofile is None else lambda: resource.setrlimit(resource.RLIMIT_NOFILE, nofile),
         )
     try:
         yield f"http://127.0.0.1:{port}", process, log

@@ -1,4 +1,7 @@
 """app.cpus: the CPU count ORT_THREADS=auto uses, from fake cgroup trees and affinity counts."""
+import os
+import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -115,3 +118,37 @@ def test_ort_threads_number_still_default_one(tmp_path: Path):
 def test_ort_threads_bad_value_mentions_auto(tmp_path: Path):
     with pytest.raises(ConfigError, match="ORT_THREADS='two'.*auto"):
         Config.from_env({"MODEL_DIR": str(tmp_path), "ORT_THREADS": "two"})
+
+
+def _nice() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+def test_lower_thread_priority_lowers_only_the_calling_thread_and_what_it_starts():
+    base = _nice()
+    seen: dict[str, object] = {}
+
+    def lowered() -> None:
+        seen["returned"] = cpus.lower_thread_priority(4)
+        seen["again"] = cpus.lower_thread_priority(4)  # idempotent: still base + 4, not + 8
+        seen["thread"] = _nice()
+        child = threading.Thread(target=lambda: seen.update(child=_nice()))
+        child.start()
+        child.join()
+        seen["capped"] = cpus.lower_thread_priority(40)
+
+    thread = threading.Thread(target=lowered)
+    thread.start()
+    thread.join()
+    assert seen["returned"] == seen["again"] == seen["thread"] == seen["child"] == min(19, base + 4)
+    assert seen["capped"] == 19
+    assert cpus.lower_thread_priority(4) is None and _nice() == base  # never the main thread
+    assert cpus.lower_thread_priority(0) is None
+
+
+def test_inference_nice_is_read_and_checked():
+    assert Config().inference_nice == Config.from_env({}).inference_nice == 10
+    assert Config.from_env({"INFERENCE_NICE": "0"}).inference_nice == 0
+    with pytest.raises(ConfigError, match="INFERENCE_NICE=20 is out of range"):
+        Config.from_env({"INFERENCE_NICE": "20"})

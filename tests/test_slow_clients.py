@@ -6,6 +6,7 @@ takes seconds; bench/hostile.py runs the same attacks at full scale with slowhtt
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
 import json
 import re
@@ -14,6 +15,7 @@ import select
 import socket
 import threading
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
@@ -21,13 +23,16 @@ from typing import Iterator
 import psutil
 import pytest
 import requests
+import uvicorn
 from PIL import Image
+from uvicorn.server import ServerState
 
 from app import config as config_module
 from app.config import Config, ConfigError, connection_bound
 from app.front import (LINGER_S, PROBE_INTERVAL_S, STUCK_AFTER_S, Budget, BufferedBodies, Limits, Outbox,
-                       WholeResponse)
-from tests.conftest import gunicorn, image_bytes, photo, wait_healthy
+                       WholeResponse, guarded_protocol)
+from app.services.isnet_tiny_service import IsnetTinyService
+from tests.conftest import gunicorn, image_bytes, photo, tiny_onnx, wait_healthy
 
 THREADS = 12  # gunicorn.conf.py's default GUNICORN_THREADS
 LIMITS = {"HEADER_TIMEOUT_S": "1", "BODY_TIMEOUT_S": "4", "SEND_TIMEOUT_S": "2", "BODY_MEMORY_MB": "4",
@@ -348,23 +353,20 @@ def test_past_the_connection_bound_requests_get_503_but_health_is_served(server:
 
 
 def test_the_default_bound_holds_a_flood_up_to_the_open_file_limit_and_displaces_past_it(tmp_path: Path):
-    """No MAX_CONNECTIONS, an open-file limit of 400: the bound is 400 less the reserve; past it the
-    longest-waiting connections are displaced, health answers at once, and the worker never runs out of
-    files (asyncio's accept would then stop for a second)."""
+    """No MAX_CONNECTIONS, a soft open-file limit of 300 under a hard one of 400: the worker raises its soft
+    limit to the hard one and derives the bound from it (400 less the reserve); past it the longest-waiting
+    connections are displaced, health answers at once, and the worker never runs out of files (asyncio's
+    accept would then stop for a second)."""
     fd_limit, spool_mb = 400, int(LIMITS["SPOOL_MAX_MB"])
     bound = connection_bound(fd_limit, spool_mb)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (fd_limit, hard))  # inherited by the server started below
-    try:
-        started = gunicorn(tmp_path, **{**LIMITS, "MAX_CONNECTIONS": None})
-        base, process, log = started.__enter__()
-    finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    started = gunicorn(tmp_path, nofile=(300, fd_limit), **{**LIMITS, "MAX_CONNECTIONS": None})
+    base, process, log = started.__enter__()
     idle: list[socket.socket] = []
     try:
         wait_healthy(base, process, log)
         worker = psutil.Process(process.pid).children()[0]
         assert f"at most {bound} connections" in log.read_text() and bound < fd_limit - 100
+        assert "raised the open-file limit from 300 to 400 (its hard limit)" in log.read_text()
         idle = [_connect(base) for _ in range(bound + 40)]
         time.sleep(0.5)
         assert _health_s(base) < 1.0
@@ -399,6 +401,20 @@ def test_the_connection_bound_is_derived_from_the_open_file_limit(monkeypatch: p
     with pytest.raises(ConfigError, match=re.escape(f"MAX_CONNECTIONS=4000 does not fit the open-file limit (4096, "
                                                      f"less {reserve}")):
         Config.from_env({"MAX_CONNECTIONS": "4000"})
+
+
+def test_the_soft_open_file_limit_is_raised_to_the_hard_one():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    lowered = 256 if hard == resource.RLIM_INFINITY else min(256, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (lowered, hard))
+    try:
+        before, after = config_module.raise_open_files_limit()
+        now = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        assert before == lowered and after == now == (config_module.NOFILE_CEILING if hard == resource.RLIM_INFINITY
+                                                      else hard)
+        assert config_module.raise_open_files_limit() == (after, after)  # once raised, nothing to do
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 # --------------------------------------------------------------------------- the watchdog
@@ -674,3 +690,92 @@ def test_a_health_answer_needs_the_event_loop_only_once():
     sent = asyncio.run(main())
     assert [message["type"] for message in sent] == ["http.response.start", "http.response.body"]
     assert sent[0]["status"] == 200 and sent[1]["body"] == b'{"status": "healthy"}'
+
+
+# --------------------------------------------------------------------------- the CPU: the event loop first
+
+
+def _nice_by_thread(pid: int) -> dict[int, int]:
+    """Each thread's nice value (field 19 of /proc/PID/task/TID/stat)."""
+    values = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            values[int(task.name)] = int((task / "stat").read_text().rsplit(")", 1)[1].split()[16])
+        except (OSError, IndexError, ValueError):
+            continue  # a thread that ended meanwhile
+    return values
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="per-thread nice values are Linux's")
+def test_inference_threads_yield_the_cpu_and_the_event_loop_keeps_its_priority(served):
+    """After an upload, the thread that ran it is INFERENCE_NICE levels below the worker's main thread (the
+    event loop), which is where it started."""
+    base, worker = served
+    before = worker.nice()
+    _upload(base)
+    nice = _nice_by_thread(worker.pid)
+    assert nice[worker.pid] == before
+    assert min(19, before + Config().inference_nice) in set(nice.values()) - {before}
+    assert _health_s(base) < 1.0
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="per-thread nice values are Linux's")
+def test_onnxruntime_pool_threads_and_the_slot_run_at_the_inference_nice_value(tmp_path: Path):
+    """onnxruntime's intra-op threads start in the thread that creates the session and inherit its nice value."""
+    pid = psutil.Process().pid
+    base = psutil.Process().nice()
+    config = Config(model_path=tiny_onnx(tmp_path / "tiny.onnx"), bg_model="isnet-general-use", ort_threads=2,
+                    inference_nice=3, model_dir=tmp_path)
+    service = IsnetTinyService(config)
+    before = set(_nice_by_thread(pid))
+    service.start_loading()
+    service.wait_until_ready(30)
+    pool = {tid: value for tid, value in _nice_by_thread(pid).items() if tid not in before}
+    lowered = min(19, base + 3)
+    assert pool and set(pool.values()) == {lowered}, pool  # the loader thread has ended; its pool remains
+    inside: list[int] = []
+
+    def request() -> None:
+        with service.slot() as size:
+            inside.append(_nice_by_thread(pid)[threading.get_native_id()])
+            service.mask(Image.new("RGB", (size, size)), (size, size))
+
+    thread = threading.Thread(target=request)
+    thread.start()
+    thread.join()
+    assert inside == [lowered] and _nice_by_thread(pid)[threading.get_native_id()] == base
+
+
+def test_a_closed_connection_is_freed_at_once_not_left_to_the_garbage_collector():
+    """A flood that the header deadline recycles closes thousands of connections a second; each one left in
+    a reference cycle waits for a full collection, which then holds the event loop for up to 0.75 s
+    (docs/performance.md). With the collector off, a closed connection must still be gone."""
+
+    async def app(scope: dict, receive: object, send: object) -> None:
+        return None
+
+    async def run() -> None:
+        config = uvicorn.Config(app=app, http="h11", lifespan="off")
+        config.load()
+        protocol = guarded_protocol(_limits(max_body=1024))
+        state = ServerState()
+        server = await asyncio.get_running_loop().create_server(
+            lambda: protocol(config=config, server_state=state, app_state={}), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        clients = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+        clients[1][1].write(b"GET /api/bg/health HTTP/1.1\r\nHost: x\r\nX-Ha")  # one idle, one half a head
+        await asyncio.sleep(0.2)
+        connections = [weakref.ref(conn) for conn in protocol.open]
+        assert len(connections) == 2
+        for _, writer in clients:
+            writer.close()
+        await asyncio.sleep(0.2)
+        assert not protocol.open and [ref() for ref in connections] == [None, None]
+        server.close()
+        await server.wait_closed()
+
+    gc.disable()
+    try:
+        asyncio.run(run())
+    finally:
+        gc.enable()

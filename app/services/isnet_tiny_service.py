@@ -28,6 +28,7 @@ from PIL import Image
 
 from app import model_io
 from app.config import Config
+from app.cpus import lower_thread_priority
 from app.errors import Busy, Unavailable
 from app.services import model_store
 from app.services.model_prepare import prepare_in_child
@@ -273,6 +274,8 @@ class IsnetTinyService:
         return prepare_in_child(spec.name, config.model_dir, source, config.model_base_url)
 
     def _load(self) -> None:
+        # This thread creates the session, and onnxruntime's pool threads inherit its nice value.
+        lower_thread_priority(self.config.inference_nice)
         started = time.monotonic()
         try:
             found = self._resolve()
@@ -364,6 +367,9 @@ class IsnetTinyService:
         """
         self.wait_until_ready(self.config.queue_timeout_s)
         with self._admitted():
+            # For good: an unprivileged thread cannot lower its nice value again. Request threads run only
+            # whole requests (app/front.py), so the event loop and the health threads keep their priority.
+            lower_thread_priority(self.config.inference_nice)
             if self._session is None:
                 self.wait_until_ready(self.config.queue_timeout_s)
             if self._session is None:
