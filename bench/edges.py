@@ -50,6 +50,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,6 +119,55 @@ def composites(work: Path, limit: int | None) -> list[Case]:
                 Image.fromarray((mixed * 255 + 0.5).astype(np.uint8)).save(path, compress_level=1)
             cases.append(Case(f"{photo.stem}.{bg_name}", path, fg, alpha))
     return cases
+
+
+UPSCALE_SIDE = 4096
+UPSCALE_VARIANTS = ("both off (the model's mask, photo colours)", "decontaminate only",
+                    "refine + decontaminate (the defaults)")
+
+
+def upscaled(work: Path, limit: int | None) -> Iterator[Case]:
+    """The composites at UPSCALE_SIDE on the long side (about 11 MP, what MAX_DIMENSION=4096 serves at full
+    size): each portrait and its matte resized bicubically alike, then I = a*F + (1-a)*B as in composites().
+    One portrait's arrays at a time (36 of them at 11 MP would be 5 GB)."""
+    folder = work / f"in{UPSCALE_SIDE}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for photo in sorted((common.SHARED / "fixtures" / "matting").glob("*.jpg"))[:limit]:
+        source = Image.open(photo).convert("RGB")
+        scale = UPSCALE_SIDE / max(source.size)
+        size = round(source.size[0] * scale), round(source.size[1] * scale)
+        fg = np.asarray(source.resize(size, Image.Resampling.BICUBIC), np.float32) / 255
+        matte = Image.open(photo.with_suffix(".alpha.png")).convert("L")
+        alpha = np.clip(np.asarray(matte.convert("F").resize(size, Image.Resampling.BICUBIC)) / 255, 0, 1)
+        alpha = np.round(alpha * 255) / 255  # the 8-bit matte the composite is made from, as composites() uses
+        for bg_name, kind in BACKGROUNDS.items():
+            path = folder / f"{photo.stem}.{bg_name}.png"
+            if not path.is_file():
+                mixed = alpha[..., None] * fg + (1 - alpha[..., None]) * _background(kind, size)
+                Image.fromarray((mixed * 255 + 0.5).astype(np.uint8)).save(path, compress_level=1)
+            yield Case(f"{photo.stem}.{bg_name}", path, fg, alpha.astype(np.float32))
+
+
+def upscaled_run(args: argparse.Namespace) -> dict[str, list[dict]]:
+    """At MAX_DIMENSION=4096, the upscaled composites through UPSCALE_VARIANTS (alternating per composite),
+    scored like the quality phase, with each request's seconds (the times mean something only under the
+    benchmark lock). The model sees 1024 px: above it, the mask is a resize and its ramp is what refine
+    turns into an edge."""
+    results: dict[str, list[dict]] = {name: [] for name in UPSCALE_VARIANTS}
+    with deployed_server("upscaled", args.model_dir, args.port + 5, MAX_DIMENSION=str(UPSCALE_SIDE)) as server:
+        for index, case in enumerate(upscaled(args.work, args.limit)):
+            data = case.composite.read_bytes()
+            shift = index % len(UPSCALE_VARIANTS)
+            for name in UPSCALE_VARIANTS[shift:] + UPSCALE_VARIANTS[:shift]:
+                image, seconds = cut(server, data, *VARIANTS[name])
+                if image.size != case.alpha.shape[::-1]:
+                    raise RuntimeError(f"{case.name}: served {image.size}, not full size")
+                results[name].append({"case": case.name, "mp": case.megapixels, "seconds": seconds,
+                                      **scores(image, case)})
+            print(f"{UPSCALE_SIDE} {case.name}: " + ", ".join(
+                f"{_slug(n)} {rows[-1]['recomposite_err']:.2f}" for n, rows in results.items()),
+                file=sys.stderr, flush=True)
+    return {name: results[name] for name in UPSCALE_VARIANTS}
 
 
 def _dilated(flags: np.ndarray, radius: int) -> np.ndarray:
@@ -394,7 +444,49 @@ def table(results: dict, peers: dict, memory: list[dict], timing: dict) -> str:
     return "\n".join(lines)
 
 
-PHASES = ("quality", "peers", "fidelity", "timing", "memory")
+def worse_than_off(results: dict[str, list[dict]]) -> str:
+    """Per variant and error, the composites it makes worse than both off (paired, by any amount)."""
+    base = {row["case"]: row for row in results[OFF]}
+    lines = []
+    for name, rows in results.items():
+        if name == OFF:
+            continue
+        for key, label in SCORES.items():
+            deltas = sorted(((row[key] - base[row["case"]][key], row["case"]) for row in rows), reverse=True)
+            worse = [f"{case} {delta:+.4f}" for delta, case in deltas if delta > 0]
+            lines.append(f"- {name}, {label}: {len(worse)} of {len(rows)}" + (f" ({', '.join(worse)})" if worse else ""))
+    return "\n".join(lines)
+
+
+def by_background(results: dict[str, list[dict]]) -> str:
+    """Each row's three errors per background, on the composites it has."""
+    lines = []
+    for name, rows in results.items():
+        parts = []
+        for background in BACKGROUNDS:
+            mine = [row for row in rows if row["case"].endswith("." + background)]
+            if mine:
+                parts.append(f"{background} ({len(mine)}) {_mean(mine, 'alpha_err'):.3f} / "
+                             f"{_mean(mine, 'colour_err'):.2f} / {_mean(mine, 'recomposite_err'):.2f}")
+        lines.append(f"- {name}: " + "; ".join(parts))
+    return "\n".join(lines)
+
+
+def upscaled_table(results: dict[str, list[dict]]) -> str:
+    """The upscaled phase's errors, and its request seconds per MP (median; paired against both off)."""
+    base = {row["case"]: row for row in results[OFF]}
+    lines = ["| at 4096 px | alpha error in band (bias) | visible colour error | recomposite error | "
+             "request s/MP (median) | extra s/MP against both off (paired median) |", "| --- | --- | --- | --- | --- | --- |"]
+    for name, rows in results.items():
+        extra = statistics.median((row["seconds"] - base[row["case"]]["seconds"]) / row["mp"] for row in rows)
+        lines.append(f"| {name} | {_mean(rows, 'alpha_err'):.3f} ({_mean(rows, 'bias'):+.3f}) | "
+                     f"{_mean(rows, 'colour_err'):.2f} | {_mean(rows, 'recomposite_err'):.2f} | "
+                     f"{statistics.median(row['seconds'] / row['mp'] for row in rows):.3f} | "
+                     + (f"{extra:+.3f} |" if name != OFF else "- |"))
+    return "\n".join(lines)
+
+
+PHASES = ("quality", "peers", "fidelity", "upscaled", "timing", "memory")
 
 
 def main() -> None:
@@ -406,7 +498,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench-edges"), help="composites, cutouts, peer cache")
     parser.add_argument("--limit", type=int, help="only the first N portraits (3 composites each)")
     parser.add_argument("--phases", default=",".join(PHASES),
-                        help="which of quality, peers, fidelity, timing, memory to run (default all); without "
+                        help="which of quality, peers, fidelity, upscaled, timing, memory to run (default all); without "
                              "quality, "
                              "the cutouts an earlier run left in --work are scored")
     parser.add_argument("--rounds", type=int, default=3, help="timing: passes over the composites")
@@ -434,6 +526,7 @@ def main() -> None:
                                                                                   "refine only")
         peers["rembg 2.0.86 -a on the service's mask"] = peer_run(args, "rembg-a", cases, OFF)
     fidelity = fidelity_run(args) if "fidelity" in phases else {}
+    upscale = upscaled_run(args) if "upscaled" in phases else {}
     timing = timing_run(args, cases) if "timing" in phases else {}
     memory = memory_run(args, cases) if "memory" in phases else []
     print(f"{common.command_line()}\n{json.dumps(common.machine())}\nload average at start {started_load}, "
@@ -444,12 +537,16 @@ def main() -> None:
         print(f"\nTiming: {timing[OFF]['requests']} requests per variant at the deployed MAX_DIMENSION (1024), "
               "median seconds: " + ", ".join(f"{_slug(name)} {row['median_s']:.3f}" for name, row in timing.items()))
     print("\nComposites each variant makes worse than both off, per error (paired), and by how much:")
-    base = {row["case"]: row for row in results[OFF]}
-    for name, rows in list(results.items())[1:]:
-        for key, label in SCORES.items():
-            deltas = sorted(((row[key] - base[row["case"]][key], row["case"]) for row in rows), reverse=True)
-            worse = [f"{case} {delta:+.4f}" for delta, case in deltas if delta > 0]
-            print(f"- {name}, {label}: {len(worse)} of {len(rows)}" + (f" ({', '.join(worse)})" if worse else ""))
+    print(worse_than_off(results))
+    print("\nBy background, alpha / colour / recomposite error:")
+    print(by_background({**results, **{name: rows for name, rows in peers.items() if rows}}))
+    if upscale:
+        print(f"\nUpscaled to a {UPSCALE_SIDE} px long side (MAX_DIMENSION={UPSCALE_SIDE}), {len(upscale[OFF])} "
+              "composites:\n")
+        print(upscaled_table(upscale))
+        print(f"\nComposites each variant makes worse than both off at {UPSCALE_SIDE} px:")
+        print(worse_than_off(upscale))
+        print(by_background(upscale))
     for model, rows in fidelity.items():
         print(f"\nFidelity of {model}, IoU of alpha > 0.5 against its reference masks on the fixtures: " + ", ".join(
             f"{label} {np.mean(values):.4f} (min {np.min(values):.4f})" for label, values in rows.items()))
@@ -459,7 +556,8 @@ def main() -> None:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"machine": common.machine(), "results": results, "peers": peers,
-                                         "timing": timing, "memory": memory, "fidelity": fidelity}, indent=1))
+                                         "timing": timing, "memory": memory, "fidelity": fidelity,
+                                         "upscaled": upscale}, indent=1))
 
 
 if __name__ == "__main__":
