@@ -58,15 +58,15 @@ class RefineParams:
     low: float = 0.02
     high: float = 0.98
     tau: float = 0.1  # |F - B|^2 at which unmixing and the guided filter count alike...
-    noise: float = 16.0  # ...plus this times the colour variance of the sure pixels around (a busy background)
+    noise: float = 6.0  # ...plus this times the colour variance of the sure pixels around (a busy background)
     busy: float = 0.002  # the refinement counts busy/(busy + colour variance of the sure background around):
     # on a busy background the model's own edge is usually the better one (0: always fully)...
     cover: float = 0.5  # ...and in full only where this fraction of the wide window is sure background: with
     # less, the background's colours are unknown (a model that kept part of the background, a soft region)...
-    cover_plain: float = 0.35  # ...a fraction that falls to this on a plain background (its colour is known from
+    cover_plain: float = 0.3  # ...a fraction that falls to this on a plain background (its colour is known from
     # fewer pixels; in hair the wide window is mostly hair)
     floor: float = 0.05  # a weight below this counts as 0: the model's mask exactly, not a sliver of an estimate
-    cross: float = 0.8  # a pixel may cross 0.5 only where the model is unsure (its mask between low and high at
+    cross: float = 0.7  # a pixel may cross 0.5 only where the model is unsure (its mask between low and high at
     # the output's size: its own soft band, or the ramp a resize from its input makes), and in full only where
     # the refinement itself counts in full (busy and cover), fading out as that weight falls to this; 1: never
 

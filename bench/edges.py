@@ -151,10 +151,12 @@ def upscaled(work: Path, limit: int | None) -> Iterator[Case]:
 def upscaled_run(args: argparse.Namespace) -> dict[str, list[dict]]:
     """At MAX_DIMENSION=4096, the upscaled composites through UPSCALE_VARIANTS (alternating per composite),
     scored like the quality phase, with each request's seconds (the times mean something only under the
-    benchmark lock). The model sees 1024 px: above it, the mask is a resize and its ramp is what refine
+    benchmark lock). The composites go as lossless PNGs, so the server takes uploads up to 64 MB here (its
+    deployed 8 MB would need a JPEG, and the truth would no longer be exact). The model sees 1024 px: above it, the mask is a resize and its ramp is what refine
     turns into an edge."""
     results: dict[str, list[dict]] = {name: [] for name in UPSCALE_VARIANTS}
-    with deployed_server("upscaled", args.model_dir, args.port + 5, MAX_DIMENSION=str(UPSCALE_SIDE)) as server:
+    with deployed_server("upscaled", args.model_dir, args.port + 6, MAX_DIMENSION=str(UPSCALE_SIDE),
+                         MAX_FILE_SIZE_MB="64") as server:
         for index, case in enumerate(upscaled(args.work, args.limit)):
             data = case.composite.read_bytes()
             shift = index % len(UPSCALE_VARIANTS)
@@ -270,19 +272,22 @@ def timing_run(args: argparse.Namespace, cases: list[Case]) -> dict[str, dict]:
             for name in names}
 
 
-FIDELITY_MODELS = ("isnet-general-tiny", "u2netp")
+FIDELITY_MODELS = ("isnet-general-tiny", "u2netp", "u2netp-int8")  # the last only if --model-dir holds it
 
 
 def fidelity_run(args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
     """Fidelity where the model is sure: per model, the IoU of alpha > 0.5 on the six fixture photos, at the
     deployed MAX_DIMENSION, against the reference masks (fp32 IS-Net's *.isnet.png for isnet-general-tiny,
-    rembg's *.u2netp.png for the bundled u2netp), refine off and on. Deterministic: no lock needed."""
+    rembg's *.u2netp.png for the bundled u2netp and its int8 build), refine off and on. Deterministic: no
+    lock needed."""
     fidelity: dict[str, dict[str, list[float]]] = {}
     for index, model in enumerate(FIDELITY_MODELS):
+        if model == "u2netp-int8" and not (args.model_dir / f"{model}.onnx").is_file():
+            continue
         rows: dict[str, list[float]] = {"refine off": [], "refine on": []}
         with deployed_server(f"fidelity-{model}", args.model_dir, args.port + 3 + index, model) as server:
             for photo in common.fixture_images():
-                reference = common.reference_mask(photo, model)
+                reference = common.reference_mask(photo, "u2netp" if model.startswith("u2netp") else model)
                 if reference is None:
                     continue
                 for label, refine in (("refine off", False), ("refine on", True)):
@@ -494,7 +499,8 @@ def main() -> None:
     parser.add_argument("--model-dir", type=Path, default=Path("/tmp/m17"),
                         help="a folder holding isnet-general-tiny.onnx and its .sha256")
     parser.add_argument("--port", type=int, default=8210,
-                        help="the quality server's port; memory servers use +1, the timing server +2")
+                        help="the quality server's port; memory servers use +1, the timing server +2, fidelity +3 to +5, "
+                             "upscaled +6")
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench-edges"), help="composites, cutouts, peer cache")
     parser.add_argument("--limit", type=int, help="only the first N portraits (3 composites each)")
     parser.add_argument("--phases", default=",".join(PHASES),
@@ -518,7 +524,12 @@ def main() -> None:
         raise SystemExit(f"{args.model_dir} holds no isnet-general-tiny.onnx (+ .sha256); build one (docs/models.md)")
     started_load = common.loadavg()
     cases = composites(args.work, args.limit)
-    results = quality_run(args, cases) if "quality" in phases else saved_results(args, cases)
+    if "quality" in phases:
+        results = quality_run(args, cases)
+    elif (args.work / "out" / _slug(OFF)).is_dir():
+        results = saved_results(args, cases)
+    else:  # fidelity or upscaled on their own
+        results = {}
     peers: dict[str, list[dict]] = {}
     if "peers" in phases:
         peers["pymatting estimate_foreground_ml on the service's mask"] = peer_run(args, "pymatting", cases, OFF)
@@ -532,14 +543,16 @@ def main() -> None:
     print(f"{common.command_line()}\n{json.dumps(common.machine())}\nload average at start {started_load}, "
           f"at end {common.loadavg()}; {len(cases)} composites, {sum(c.megapixels for c in cases) / len(cases):.2f} "
           "MP on average\n")
-    print(table(results, peers, memory, timing))
+    if results:
+        print(table(results, peers, memory, timing))
     if timing:
         print(f"\nTiming: {timing[OFF]['requests']} requests per variant at the deployed MAX_DIMENSION (1024), "
               "median seconds: " + ", ".join(f"{_slug(name)} {row['median_s']:.3f}" for name, row in timing.items()))
-    print("\nComposites each variant makes worse than both off, per error (paired), and by how much:")
-    print(worse_than_off(results))
-    print("\nBy background, alpha / colour / recomposite error:")
-    print(by_background({**results, **{name: rows for name, rows in peers.items() if rows}}))
+    if results:
+        print("\nComposites each variant makes worse than both off, per error (paired), and by how much:")
+        print(worse_than_off(results))
+        print("\nBy background, alpha / colour / recomposite error:")
+        print(by_background({**results, **{name: rows for name, rows in peers.items() if rows}}))
     if upscale:
         print(f"\nUpscaled to a {UPSCALE_SIDE} px long side (MAX_DIMENSION={UPSCALE_SIDE}), {len(upscale[OFF])} "
               "composites:\n")
