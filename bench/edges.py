@@ -182,7 +182,8 @@ def _dilated(flags: np.ndarray, radius: int) -> np.ndarray:
 
 
 def scores(cutout: Image.Image, case: Case) -> dict[str, float]:
-    """The table's three errors for one RGBA cutout against its composite's truth."""
+    """The table's three errors for one RGBA cutout against its composite's truth, and the IoU of alpha > 0.5
+    against the truth's in the band (where the 0.5 contour runs: the upscaled phase's measure of it)."""
     rgba = np.asarray(cutout.convert("RGBA"), np.float32) / 255
     a_out, f_out = rgba[..., 3], rgba[..., :3]
     band = _dilated((case.alpha > 0) & (case.alpha < 1), BAND_DILATION)
@@ -191,7 +192,9 @@ def scores(cutout: Image.Image, case: Case) -> dict[str, float]:
     diff = ao - a
     recomposite = [np.abs(ao[:, None] * fo + (1 - ao[:, None]) * b2 - (a[:, None] * fg + (1 - a[:, None]) * b2)).mean()
                    for b2 in (0.0, 1.0)]
+    inside, truth = ao >= 0.5, a >= 0.5
     return {"alpha_err": float(np.abs(diff).mean()), "bias": float(diff.mean()),
+            "contour_iou": float((inside & truth).sum() / max(1, (inside | truth).sum())),
             "colour_err": float((ao[:, None] * np.abs(fo - fg)).mean() * 255),
             "recomposite_err": float(np.mean(recomposite) * 255)}
 
@@ -480,13 +483,14 @@ def by_background(results: dict[str, list[dict]]) -> str:
 def upscaled_table(results: dict[str, list[dict]]) -> str:
     """The upscaled phase's errors, and its request seconds per MP (median; paired against both off)."""
     base = {row["case"]: row for row in results[OFF]}
-    lines = ["| at 4096 px | alpha error in band (bias) | visible colour error | recomposite error | "
-             "request s/MP (median) | extra s/MP against both off (paired median) |", "| --- | --- | --- | --- | --- | --- |"]
+    lines = ["| at 4096 px | alpha error in band (bias) | visible colour error | recomposite error | 0.5 contour IoU "
+             "in band | request s/MP (median) | extra s/MP against both off (paired median) |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for name, rows in results.items():
         extra = statistics.median((row["seconds"] - base[row["case"]]["seconds"]) / row["mp"] for row in rows)
         lines.append(f"| {name} | {_mean(rows, 'alpha_err'):.3f} ({_mean(rows, 'bias'):+.3f}) | "
                      f"{_mean(rows, 'colour_err'):.2f} | {_mean(rows, 'recomposite_err'):.2f} | "
-                     f"{statistics.median(row['seconds'] / row['mp'] for row in rows):.3f} | "
+                     f"{_mean(rows, 'contour_iou'):.4f} | {statistics.median(row['seconds'] / row['mp'] for row in rows):.3f} | "
                      + (f"{extra:+.3f} |" if name != OFF else "- |"))
     return "\n".join(lines)
 
