@@ -63,9 +63,12 @@ class RefineParams:
     # on a busy background the model's own edge is usually the better one (0: always fully)...
     cover: float = 0.5  # ...and in full only where this fraction of the wide window is sure background: with
     # less, the background's colours are unknown (a model that kept part of the background, a soft region)...
-    cover_plain: float = 0.3  # ...a fraction that falls to this on a plain background (its colour is known from
+    cover_plain: float = 0.25  # ...a fraction that falls to this on a plain background (its colour is known from
     # fewer pixels; in hair the wide window is mostly hair)
     floor: float = 0.05  # a weight below this counts as 0: the model's mask exactly, not a sliver of an estimate
+    feather: float = 2.0  # the weight fades to 0 at the band's edge, as clip(feather * b - (feather - 1)) for b the
+    # band's flags sampled bilinearly: without it, the refined edge met the untouched mask in a step along the
+    # guide's pixels (a staircase of 10 px squares at 4096 px); 0: no fade
     cross: float = 0.7  # a pixel may cross 0.5 only where the model is unsure (its mask between low and high at
     # the output's size: its own soft band, or the ramp a resize from its input makes), and in full only where
     # the refinement itself counts in full (busy and cover), fading out as that weight falls to this; 1: never
@@ -414,7 +417,7 @@ def refine(rgb: Image.Image, mask: Image.Image, params: RefineParams = RefinePar
     del guide, p
     coef += trust * (linear - coef)
     del linear, trust
-    sample = _Sampler(np.concatenate([coef, plain[None]]), (width, height))
+    sample = _Sampler(np.concatenate([coef, plain[None], band_small[None].astype(np.float32)]), (width, height))
     band = _nearest(band_small, (width, height))
     for box in _row_strips(mask.size):
         ys, xs = np.nonzero(band(box[1], box[3]))
@@ -428,7 +431,10 @@ def refine(rgb: Image.Image, mask: Image.Image, params: RefineParams = RefinePar
         model = strip[ys, xs]
         before = model.astype(np.float32) * np.float32(1 / 255)
         alpha -= before
-        alpha *= _floored(up[:, 4], params.floor)
+        weight = up[:, 4]
+        if params.feather:
+            weight *= np.clip(up[:, 5] * np.float32(params.feather) - np.float32(params.feather - 1), 0, 1)
+        alpha *= _floored(weight, params.floor)
         alpha += before
         strip[ys, xs] = _crossing((alpha * 255 + 0.5).astype(np.uint8), model, up[:, 4], params)
         mask.paste(Image.fromarray(strip, "L"), box[:2])
