@@ -372,7 +372,7 @@ def _same_side(alpha: np.ndarray, model: np.ndarray) -> np.ndarray:
 
 def _crossing(alpha: np.ndarray, model: np.ndarray, weight: np.ndarray, params: RefineParams) -> np.ndarray:
     """alpha (uint8) on the model's side of 0.5 where the model is sure (its mask at most low or at least high)
-    or the refinement's weight (plain background, cover) is at most params.cross; above it, the kept side
+    or the refinement's weight (plain background, cover, the band's feather) is at most params.cross; above it, the kept side
     gives way to the estimate, in full at weight 1. So the estimate may bring back a strand the model cut off,
     or drop background it kept, only where the model doubts and the background around is plain and known
     (bench/edges.py: on a busy one, or where the unmixing's own trust was required too, crossing made an
@@ -431,12 +431,12 @@ def refine(rgb: Image.Image, mask: Image.Image, params: RefineParams = RefinePar
         model = strip[ys, xs]
         before = model.astype(np.float32) * np.float32(1 / 255)
         alpha -= before
-        weight = up[:, 4]
+        weight = up[:, 4]  # a view: the feather below applies to the crossing too
         if params.feather:
             weight *= np.clip(up[:, 5] * np.float32(params.feather) - np.float32(params.feather - 1), 0, 1)
         alpha *= _floored(weight, params.floor)
         alpha += before
-        strip[ys, xs] = _crossing((alpha * 255 + 0.5).astype(np.uint8), model, up[:, 4], params)
+        strip[ys, xs] = _crossing((alpha * 255 + 0.5).astype(np.uint8), model, weight, params)
         mask.paste(Image.fromarray(strip, "L"), box[:2])
     return mask
 
