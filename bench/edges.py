@@ -22,7 +22,8 @@ bench/edges_peers.py (never in the project's requirements). Fidelity where the m
 alpha > 0.5 on the six fixture photos at the deployed settings, with refine off and on, for
 isnet-general-tiny against fp32 IS-Net's masks (../shared/fixtures/masks/*.isnet.png) and for the bundled
 u2netp against rembg's (*.u2netp.png). Below the table, per variant and per error, the composites it makes
-worse than both off.
+worse than both off, and every row per background. The upscaled phase does the same at a 4096 px long side
+(MAX_DIMENSION=4096, above the model's input), with the IoU of alpha > 0.5 against the truth's in the band.
 
 How: every server is `gunicorn -c gunicorn.conf.py app_isnet_tiny:app` with the runtime ENV lines of
 Dockerfile.isnet-tiny (bench/compare_rembg.py reads them) and BG_MODEL=isnet-general-tiny from
@@ -152,8 +153,8 @@ def upscaled_run(args: argparse.Namespace) -> dict[str, list[dict]]:
     """At MAX_DIMENSION=4096, the upscaled composites through UPSCALE_VARIANTS (alternating per composite),
     scored like the quality phase, with each request's seconds (the times mean something only under the
     benchmark lock). The composites go as lossless PNGs, so the server takes uploads up to 64 MB here (its
-    deployed 8 MB would need a JPEG, and the truth would no longer be exact). The model sees 1024 px: above it, the mask is a resize and its ramp is what refine
-    turns into an edge."""
+    deployed 8 MB would need a JPEG, and the truth would no longer be exact). The model sees 1024 px: above
+    it, the mask is a resize and its ramp is what refine turns into an edge."""
     results: dict[str, list[dict]] = {name: [] for name in UPSCALE_VARIANTS}
     with deployed_server("upscaled", args.model_dir, args.port + 6, MAX_DIMENSION=str(UPSCALE_SIDE),
                          MAX_FILE_SIZE_MB="64") as server:
