@@ -7,8 +7,10 @@ Two functions the pipeline calls once per request, on Pillow images at the outpu
   unmixed between the local colours of the sure foreground and background where they differ, a colour
   guided filter of the mask (He, Sun and Tang, "Guided Image Filtering", 2013) where they do not. Both
   are computed on the image reduced to GUIDE_SIDE and evaluated at full size as the fast guided filter does
-  (He and Sun, 2015), so the same step upsamples large outputs with a softness that follows the photo. No
-  pixel crosses 0.5 (alpha > 0.5 stays the model's), and outside the band the mask is returned unchanged.
+  (He and Sun, 2015), so the same step upsamples large outputs with an edge that follows the photo. A pixel
+  crosses 0.5 only where the model is unsure (its mask between 0.02 and 0.98 at the output's size: its own soft
+  band, or the ramp a resize from its input makes) and the colours around are plain and known; where the model
+  is sure, alpha > 0.5 stays the model's. Outside the band the mask is returned unchanged.
 - decontaminate: the RGB of a semi-transparent pixel mixes the old background in. Forte and Pitie's
   blur-fusion estimator ("Approximate Fast Foreground Colour Estimation", ICIP 2021), two levels (a wide
   blur, then a narrow one), replaces it with an estimated foreground colour, in soft pixels near the
@@ -56,12 +58,20 @@ class RefineParams:
     low: float = 0.02
     high: float = 0.98
     tau: float = 0.1  # |F - B|^2 at which unmixing and the guided filter count alike...
-    noise: float = 16.0  # ...plus this times the colour variance of the sure pixels around (a busy background)
+    noise: float = 6.0  # ...plus this times the colour variance of the sure pixels around (a busy background)
     busy: float = 0.002  # the refinement counts busy/(busy + colour variance of the sure background around):
     # on a busy background the model's own edge is usually the better one (0: always fully)...
     cover: float = 0.5  # ...and in full only where this fraction of the wide window is sure background: with
-    # less, the background's colours are unknown (a model that kept part of the background, a soft region)
+    # less, the background's colours are unknown (a model that kept part of the background, a soft region)...
+    cover_plain: float = 0.25  # ...a fraction that falls to this on a plain background (its colour is known from
+    # fewer pixels; in hair the wide window is mostly hair)
     floor: float = 0.05  # a weight below this counts as 0: the model's mask exactly, not a sliver of an estimate
+    feather: float = 2.0  # the weight fades to 0 at the band's edge, as clip(feather * b - (feather - 1)) for b the
+    # band's flags sampled bilinearly: without it, the refined edge met the untouched mask in a step along the
+    # guide's pixels (a staircase of 10 px squares at 4096 px); 0: no fade
+    cross: float = 0.7  # a pixel may cross 0.5 only where the model is unsure (its mask between low and high at
+    # the output's size: its own soft band, or the ramp a resize from its input makes), and in full only where
+    # the refinement itself counts in full (busy and cover), fading out as that weight falls to this; 1: never
 
 
 @dataclass(frozen=True)
@@ -342,7 +352,8 @@ def _unmixing(guide: np.ndarray, p: np.ndarray, params: RefineParams) -> tuple[n
     busy = np.float32(params.busy)
     plain = busy / (busy + var_back) if params.busy else np.ones_like(trust)
     if params.cover:
-        plain *= np.minimum(cover / np.float32(params.cover), 1)
+        need = np.float32(params.cover) + np.float32(params.cover_plain - params.cover) * plain
+        plain *= np.minimum(cover / need, 1)
     return linear, trust, plain
 
 
@@ -353,11 +364,26 @@ def _floored(weight: np.ndarray, floor: float) -> np.ndarray:
 
 
 def _same_side(alpha: np.ndarray, model: np.ndarray) -> np.ndarray:
-    """alpha (uint8) kept on the model's side of 0.5 (128 and up, or 127 and down): the refinement makes the
-    model's edge soft and follow the photo, but never turns what the model calls subject into background or
-    back, so alpha > 0.5 (what IoU against a reference counts) is the model's own, at any output size."""
+    """alpha (uint8) kept on the model's side of 0.5 (128 and up, or 127 and down): where the model is sure,
+    the refinement makes its edge soft but never turns what it calls subject into background or back."""
     fore = model >= 128
     return np.where(fore, np.maximum(alpha, 128), np.minimum(alpha, 127)).astype(np.uint8)
+
+
+def _crossing(alpha: np.ndarray, model: np.ndarray, weight: np.ndarray, params: RefineParams) -> np.ndarray:
+    """alpha (uint8) on the model's side of 0.5 where the model is sure (its mask at most low or at least high)
+    or the refinement's weight (plain background, cover, the band's feather) is at most params.cross; above it, the kept side
+    gives way to the estimate, in full at weight 1. So the estimate may bring back a strand the model cut off,
+    or drop background it kept, only where the model doubts and the background around is plain and known
+    (bench/edges.py: on a busy one, or where the unmixing's own trust was required too, crossing made an
+    image worse or gained less; docs/performance.md, Edges)."""
+    kept = _same_side(alpha, model)
+    if params.cross >= 1:
+        return kept
+    unsure = (model > params.low * 255) & (model < params.high * 255)
+    give = np.clip((weight - np.float32(params.cross)) / np.float32(1 - params.cross), 0, 1) * unsure
+    mixed = kept + give * (alpha.astype(np.float32) - kept)
+    return (mixed + 0.5).astype(np.uint8)
 
 
 def refine(rgb: Image.Image, mask: Image.Image, params: RefineParams = RefineParams()) -> Image.Image:
@@ -370,11 +396,12 @@ def refine(rgb: Image.Image, mask: Image.Image, params: RefineParams = RefinePar
     mask. Both are linear in the colour, so their blend is one set of coefficients (A, b), computed on
     reduced images and evaluated as alpha = A.I + b with the full-size photo at the band's pixels only
     (the fast guided filter's upsampling), which is also how an output larger than the model's input
-    gets an edge whose softness follows the photo rather than the resized mask's ramp. The change from the mask is weighed by
-    how plain the background around is (params.busy) and how much of it is sure background (params.cover),
-    and no pixel crosses 0.5: the model decides what is subject, the photo how soft its edge is. Outside
-    the band (within params.band guide pixels of the 0.5 edge, or soft in the mask) the result is the mask
-    itself.
+    gets an edge that follows the photo rather than the resized mask's ramp. The change from the mask is
+    weighed by how plain the background around is (params.busy) and how much of it is sure background
+    (params.cover), and a pixel crosses 0.5 only where the model is unsure and that weight is high
+    (params.cross, _crossing): where the model is sure it decides what is subject, the photo how soft its
+    edge is. Outside the band (within params.band guide pixels of the 0.5 edge, or soft in the mask) the
+    result is the mask itself.
     """
     width, height = mask.size
     work = _work_size((width, height), GUIDE_SIDE)
@@ -390,7 +417,7 @@ def refine(rgb: Image.Image, mask: Image.Image, params: RefineParams = RefinePar
     del guide, p
     coef += trust * (linear - coef)
     del linear, trust
-    sample = _Sampler(np.concatenate([coef, plain[None]]), (width, height))
+    sample = _Sampler(np.concatenate([coef, plain[None], band_small[None].astype(np.float32)]), (width, height))
     band = _nearest(band_small, (width, height))
     for box in _row_strips(mask.size):
         ys, xs = np.nonzero(band(box[1], box[3]))
@@ -404,9 +431,12 @@ def refine(rgb: Image.Image, mask: Image.Image, params: RefineParams = RefinePar
         model = strip[ys, xs]
         before = model.astype(np.float32) * np.float32(1 / 255)
         alpha -= before
-        alpha *= _floored(up[:, 4], params.floor)
+        weight = up[:, 4]  # a view: the feather below applies to the crossing too
+        if params.feather:
+            weight *= np.clip(up[:, 5] * np.float32(params.feather) - np.float32(params.feather - 1), 0, 1)
+        alpha *= _floored(weight, params.floor)
         alpha += before
-        strip[ys, xs] = _same_side((alpha * 255 + 0.5).astype(np.uint8), model)
+        strip[ys, xs] = _crossing((alpha * 255 + 0.5).astype(np.uint8), model, weight, params)
         mask.paste(Image.fromarray(strip, "L"), box[:2])
     return mask
 

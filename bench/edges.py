@@ -22,7 +22,8 @@ bench/edges_peers.py (never in the project's requirements). Fidelity where the m
 alpha > 0.5 on the six fixture photos at the deployed settings, with refine off and on, for
 isnet-general-tiny against fp32 IS-Net's masks (../shared/fixtures/masks/*.isnet.png) and for the bundled
 u2netp against rembg's (*.u2netp.png). Below the table, per variant and per error, the composites it makes
-worse than both off.
+worse than both off, and every row per background. The upscaled phase does the same at a 4096 px long side
+(MAX_DIMENSION=4096, above the model's input), with the IoU of alpha > 0.5 against the truth's in the band.
 
 How: every server is `gunicorn -c gunicorn.conf.py app_isnet_tiny:app` with the runtime ENV lines of
 Dockerfile.isnet-tiny (bench/compare_rembg.py reads them) and BG_MODEL=isnet-general-tiny from
@@ -50,6 +51,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,6 +122,57 @@ def composites(work: Path, limit: int | None) -> list[Case]:
     return cases
 
 
+UPSCALE_SIDE = 4096
+UPSCALE_VARIANTS = ("both off (the model's mask, photo colours)", "decontaminate only",
+                    "refine + decontaminate (the defaults)")
+
+
+def upscaled(work: Path, limit: int | None) -> Iterator[Case]:
+    """The composites at UPSCALE_SIDE on the long side (about 11 MP, what MAX_DIMENSION=4096 serves at full
+    size): each portrait and its matte resized bicubically alike, then I = a*F + (1-a)*B as in composites().
+    One portrait's arrays at a time (36 of them at 11 MP would be 5 GB)."""
+    folder = work / f"in{UPSCALE_SIDE}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for photo in sorted((common.SHARED / "fixtures" / "matting").glob("*.jpg"))[:limit]:
+        source = Image.open(photo).convert("RGB")
+        scale = UPSCALE_SIDE / max(source.size)
+        size = round(source.size[0] * scale), round(source.size[1] * scale)
+        fg = np.asarray(source.resize(size, Image.Resampling.BICUBIC), np.float32) / 255
+        matte = Image.open(photo.with_suffix(".alpha.png")).convert("L")
+        alpha = np.clip(np.asarray(matte.convert("F").resize(size, Image.Resampling.BICUBIC)) / 255, 0, 1)
+        alpha = np.round(alpha * 255) / 255  # the 8-bit matte the composite is made from, as composites() uses
+        for bg_name, kind in BACKGROUNDS.items():
+            path = folder / f"{photo.stem}.{bg_name}.png"
+            if not path.is_file():
+                mixed = alpha[..., None] * fg + (1 - alpha[..., None]) * _background(kind, size)
+                Image.fromarray((mixed * 255 + 0.5).astype(np.uint8)).save(path, compress_level=1)
+            yield Case(f"{photo.stem}.{bg_name}", path, fg, alpha.astype(np.float32))
+
+
+def upscaled_run(args: argparse.Namespace) -> dict[str, list[dict]]:
+    """At MAX_DIMENSION=4096, the upscaled composites through UPSCALE_VARIANTS (alternating per composite),
+    scored like the quality phase, with each request's seconds (the times mean something only under the
+    benchmark lock). The composites go as lossless PNGs, so the server takes uploads up to 64 MB here (its
+    deployed 8 MB would need a JPEG, and the truth would no longer be exact). The model sees 1024 px: above
+    it, the mask is a resize and its ramp is what refine turns into an edge."""
+    results: dict[str, list[dict]] = {name: [] for name in UPSCALE_VARIANTS}
+    with deployed_server("upscaled", args.model_dir, args.port + 6, MAX_DIMENSION=str(UPSCALE_SIDE),
+                         MAX_FILE_SIZE_MB="64") as server:
+        for index, case in enumerate(upscaled(args.work, args.limit)):
+            data = case.composite.read_bytes()
+            shift = index % len(UPSCALE_VARIANTS)
+            for name in UPSCALE_VARIANTS[shift:] + UPSCALE_VARIANTS[:shift]:
+                image, seconds = cut(server, data, *VARIANTS[name])
+                if image.size != case.alpha.shape[::-1]:
+                    raise RuntimeError(f"{case.name}: served {image.size}, not full size")
+                results[name].append({"case": case.name, "mp": case.megapixels, "seconds": seconds,
+                                      **scores(image, case)})
+            print(f"{UPSCALE_SIDE} {case.name}: " + ", ".join(
+                f"{_slug(n)} {rows[-1]['recomposite_err']:.2f}" for n, rows in results.items()),
+                file=sys.stderr, flush=True)
+    return {name: results[name] for name in UPSCALE_VARIANTS}
+
+
 def _dilated(flags: np.ndarray, radius: int) -> np.ndarray:
     padded = np.pad(flags, radius)
     out = np.zeros_like(flags)
@@ -130,7 +183,8 @@ def _dilated(flags: np.ndarray, radius: int) -> np.ndarray:
 
 
 def scores(cutout: Image.Image, case: Case) -> dict[str, float]:
-    """The table's three errors for one RGBA cutout against its composite's truth."""
+    """The table's three errors for one RGBA cutout against its composite's truth, and the IoU of alpha > 0.5
+    against the truth's in the band (where the 0.5 contour runs: the upscaled phase's measure of it)."""
     rgba = np.asarray(cutout.convert("RGBA"), np.float32) / 255
     a_out, f_out = rgba[..., 3], rgba[..., :3]
     band = _dilated((case.alpha > 0) & (case.alpha < 1), BAND_DILATION)
@@ -139,7 +193,9 @@ def scores(cutout: Image.Image, case: Case) -> dict[str, float]:
     diff = ao - a
     recomposite = [np.abs(ao[:, None] * fo + (1 - ao[:, None]) * b2 - (a[:, None] * fg + (1 - a[:, None]) * b2)).mean()
                    for b2 in (0.0, 1.0)]
+    inside, truth = ao >= 0.5, a >= 0.5
     return {"alpha_err": float(np.abs(diff).mean()), "bias": float(diff.mean()),
+            "contour_iou": float((inside & truth).sum() / max(1, (inside | truth).sum())),
             "colour_err": float((ao[:, None] * np.abs(fo - fg)).mean() * 255),
             "recomposite_err": float(np.mean(recomposite) * 255)}
 
@@ -220,19 +276,22 @@ def timing_run(args: argparse.Namespace, cases: list[Case]) -> dict[str, dict]:
             for name in names}
 
 
-FIDELITY_MODELS = ("isnet-general-tiny", "u2netp")
+FIDELITY_MODELS = ("isnet-general-tiny", "u2netp", "u2netp-int8")  # the last only if --model-dir holds it
 
 
 def fidelity_run(args: argparse.Namespace) -> dict[str, dict[str, list[float]]]:
     """Fidelity where the model is sure: per model, the IoU of alpha > 0.5 on the six fixture photos, at the
     deployed MAX_DIMENSION, against the reference masks (fp32 IS-Net's *.isnet.png for isnet-general-tiny,
-    rembg's *.u2netp.png for the bundled u2netp), refine off and on. Deterministic: no lock needed."""
+    rembg's *.u2netp.png for the bundled u2netp and its int8 build), refine off and on. Deterministic: no
+    lock needed."""
     fidelity: dict[str, dict[str, list[float]]] = {}
     for index, model in enumerate(FIDELITY_MODELS):
+        if model == "u2netp-int8" and not (args.model_dir / f"{model}.onnx").is_file():
+            continue
         rows: dict[str, list[float]] = {"refine off": [], "refine on": []}
         with deployed_server(f"fidelity-{model}", args.model_dir, args.port + 3 + index, model) as server:
             for photo in common.fixture_images():
-                reference = common.reference_mask(photo, model)
+                reference = common.reference_mask(photo, "u2netp" if model.startswith("u2netp") else model)
                 if reference is None:
                     continue
                 for label, refine in (("refine off", False), ("refine on", True)):
@@ -394,7 +453,50 @@ def table(results: dict, peers: dict, memory: list[dict], timing: dict) -> str:
     return "\n".join(lines)
 
 
-PHASES = ("quality", "peers", "fidelity", "timing", "memory")
+def worse_than_off(results: dict[str, list[dict]]) -> str:
+    """Per variant and error, the composites it makes worse than both off (paired, by any amount)."""
+    base = {row["case"]: row for row in results[OFF]}
+    lines = []
+    for name, rows in results.items():
+        if name == OFF:
+            continue
+        for key, label in SCORES.items():
+            deltas = sorted(((row[key] - base[row["case"]][key], row["case"]) for row in rows), reverse=True)
+            worse = [f"{case} {delta:+.4f}" for delta, case in deltas if delta > 0]
+            lines.append(f"- {name}, {label}: {len(worse)} of {len(rows)}" + (f" ({', '.join(worse)})" if worse else ""))
+    return "\n".join(lines)
+
+
+def by_background(results: dict[str, list[dict]]) -> str:
+    """Each row's three errors per background, on the composites it has."""
+    lines = []
+    for name, rows in results.items():
+        parts = []
+        for background in BACKGROUNDS:
+            mine = [row for row in rows if row["case"].endswith("." + background)]
+            if mine:
+                parts.append(f"{background} ({len(mine)}) {_mean(mine, 'alpha_err'):.3f} / "
+                             f"{_mean(mine, 'colour_err'):.2f} / {_mean(mine, 'recomposite_err'):.2f}")
+        lines.append(f"- {name}: " + "; ".join(parts))
+    return "\n".join(lines)
+
+
+def upscaled_table(results: dict[str, list[dict]]) -> str:
+    """The upscaled phase's errors, and its request seconds per MP (median; paired against both off)."""
+    base = {row["case"]: row for row in results[OFF]}
+    lines = ["| at 4096 px | alpha error in band (bias) | visible colour error | recomposite error | 0.5 contour IoU "
+             "in band | request s/MP (median) | extra s/MP against both off (paired median) |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, rows in results.items():
+        extra = statistics.median((row["seconds"] - base[row["case"]]["seconds"]) / row["mp"] for row in rows)
+        lines.append(f"| {name} | {_mean(rows, 'alpha_err'):.3f} ({_mean(rows, 'bias'):+.3f}) | "
+                     f"{_mean(rows, 'colour_err'):.2f} | {_mean(rows, 'recomposite_err'):.2f} | "
+                     f"{_mean(rows, 'contour_iou'):.4f} | {statistics.median(row['seconds'] / row['mp'] for row in rows):.3f} | "
+                     + (f"{extra:+.3f} |" if name != OFF else "- |"))
+    return "\n".join(lines)
+
+
+PHASES = ("quality", "peers", "fidelity", "upscaled", "timing", "memory")
 
 
 def main() -> None:
@@ -402,11 +504,12 @@ def main() -> None:
     parser.add_argument("--model-dir", type=Path, default=Path("/tmp/m17"),
                         help="a folder holding isnet-general-tiny.onnx and its .sha256")
     parser.add_argument("--port", type=int, default=8210,
-                        help="the quality server's port; memory servers use +1, the timing server +2")
+                        help="the quality server's port; memory servers use +1, the timing server +2, fidelity +3 to +5, "
+                             "upscaled +6")
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench-edges"), help="composites, cutouts, peer cache")
     parser.add_argument("--limit", type=int, help="only the first N portraits (3 composites each)")
     parser.add_argument("--phases", default=",".join(PHASES),
-                        help="which of quality, peers, fidelity, timing, memory to run (default all); without "
+                        help="which of quality, peers, fidelity, upscaled, timing, memory to run (default all); without "
                              "quality, "
                              "the cutouts an earlier run left in --work are scored")
     parser.add_argument("--rounds", type=int, default=3, help="timing: passes over the composites")
@@ -426,7 +529,12 @@ def main() -> None:
         raise SystemExit(f"{args.model_dir} holds no isnet-general-tiny.onnx (+ .sha256); build one (docs/models.md)")
     started_load = common.loadavg()
     cases = composites(args.work, args.limit)
-    results = quality_run(args, cases) if "quality" in phases else saved_results(args, cases)
+    if "quality" in phases:
+        results = quality_run(args, cases)
+    elif (args.work / "out" / _slug(OFF)).is_dir():
+        results = saved_results(args, cases)
+    else:  # fidelity or upscaled on their own
+        results = {}
     peers: dict[str, list[dict]] = {}
     if "peers" in phases:
         peers["pymatting estimate_foreground_ml on the service's mask"] = peer_run(args, "pymatting", cases, OFF)
@@ -434,22 +542,29 @@ def main() -> None:
                                                                                   "refine only")
         peers["rembg 2.0.86 -a on the service's mask"] = peer_run(args, "rembg-a", cases, OFF)
     fidelity = fidelity_run(args) if "fidelity" in phases else {}
+    upscale = upscaled_run(args) if "upscaled" in phases else {}
     timing = timing_run(args, cases) if "timing" in phases else {}
     memory = memory_run(args, cases) if "memory" in phases else []
     print(f"{common.command_line()}\n{json.dumps(common.machine())}\nload average at start {started_load}, "
           f"at end {common.loadavg()}; {len(cases)} composites, {sum(c.megapixels for c in cases) / len(cases):.2f} "
           "MP on average\n")
-    print(table(results, peers, memory, timing))
+    if results:
+        print(table(results, peers, memory, timing))
     if timing:
         print(f"\nTiming: {timing[OFF]['requests']} requests per variant at the deployed MAX_DIMENSION (1024), "
               "median seconds: " + ", ".join(f"{_slug(name)} {row['median_s']:.3f}" for name, row in timing.items()))
-    print("\nComposites each variant makes worse than both off, per error (paired), and by how much:")
-    base = {row["case"]: row for row in results[OFF]}
-    for name, rows in list(results.items())[1:]:
-        for key, label in SCORES.items():
-            deltas = sorted(((row[key] - base[row["case"]][key], row["case"]) for row in rows), reverse=True)
-            worse = [f"{case} {delta:+.4f}" for delta, case in deltas if delta > 0]
-            print(f"- {name}, {label}: {len(worse)} of {len(rows)}" + (f" ({', '.join(worse)})" if worse else ""))
+    if results:
+        print("\nComposites each variant makes worse than both off, per error (paired), and by how much:")
+        print(worse_than_off(results))
+        print("\nBy background, alpha / colour / recomposite error:")
+        print(by_background({**results, **{name: rows for name, rows in peers.items() if rows}}))
+    if upscale:
+        print(f"\nUpscaled to a {UPSCALE_SIDE} px long side (MAX_DIMENSION={UPSCALE_SIDE}), {len(upscale[OFF])} "
+              "composites:\n")
+        print(upscaled_table(upscale))
+        print(f"\nComposites each variant makes worse than both off at {UPSCALE_SIDE} px:")
+        print(worse_than_off(upscale))
+        print(by_background(upscale))
     for model, rows in fidelity.items():
         print(f"\nFidelity of {model}, IoU of alpha > 0.5 against its reference masks on the fixtures: " + ", ".join(
             f"{label} {np.mean(values):.4f} (min {np.min(values):.4f})" for label, values in rows.items()))
@@ -459,7 +574,8 @@ def main() -> None:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"machine": common.machine(), "results": results, "peers": peers,
-                                         "timing": timing, "memory": memory, "fidelity": fidelity}, indent=1))
+                                         "timing": timing, "memory": memory, "fidelity": fidelity,
+                                         "upscaled": upscale}, indent=1))
 
 
 if __name__ == "__main__":
