@@ -89,8 +89,8 @@ def _form(config: Config, fields: tuple[str, ...]) -> dict[str, Any]:
                              "description": f"false makes every pixel fully opaque or fully transparent{BOOLEAN_NOTE}"},
         "refine": {"type": "boolean", "default": True,
                    "description": "refine the model's mask into an alpha matte along the subject's edge, guided "
-                                  "by the photo at the output's size (no pixel changes side of 0.5); false keeps "
-                                  f"the model's mask{BOOLEAN_NOTE}"},
+                                  "by the photo at the output's size (a pixel changes side of 0.5 only where the "
+                                  f"model is unsure); false keeps the model's mask{BOOLEAN_NOTE}"},
         "decontaminate": {"type": "boolean", "default": True,
                           "description": "replace the old background's colour in semi-transparent pixels with an "
                                          f"estimated foreground colour; false keeps the photo's{BOOLEAN_NOTE}"},
