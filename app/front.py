@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import gc
 import io
 import json
 import logging
@@ -94,6 +95,13 @@ RESET_LINGER = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a res
 MAX_LINGERING = 64
 PROBE_INTERVAL_S = 2.0
 TRIM_AFTER_CONNECTIONS = 200  # a surge of at least this many connections is followed by a malloc_trim
+# The cycle collector's full collections walk every live connection's objects (about 21 each) on the event
+# loop: 0.2-0.4 s at 16,384 connections, one every 2-3 s while a flood churns them (docs/performance.md,
+# "At the open-file limit"). From FLOOD_CONNECTIONS open connections on, automatic full collections are off
+# and the watchdog runs one every FLOOD_FULL_COLLECT_S; young collections go on as before.
+FLOOD_CONNECTIONS = 2000
+FLOOD_FULL_COLLECT_S = 60.0
+NO_AUTOMATIC_FULL = 1 << 30  # young collections before a full one: never, in practice
 CONNECTION = "pixport.connection"  # the scope["state"] key that carries the request's connection
 HEALTH_PATH = "/api/bg/health"
 # Threads that run only bodiless GET/HEAD /api/bg/health from clients, so a platform's probe never queues
@@ -250,6 +258,10 @@ class GuardedH11Protocol(H11Protocol, asyncio.BufferedProtocol):
         self.open.discard(self)
         super().connection_lost(exc)
         self.app_state = {}  # it named this connection: without the cycle, refcounting frees it at once
+        # CPython 3.11's socket transport keeps its read callback as a bound method of itself, a cycle that
+        # only the collector frees (gone in 3.12, gh-100348); it reads no more once the connection is lost.
+        if getattr(self.transport, "_read_ready_cb", None) is not None:
+            self.transport._read_ready_cb = None
 
     def _displace_oldest_waiting(self) -> None:
         """Close the connection that has waited longest for a request, if there is one."""
@@ -750,6 +762,39 @@ def _with_file_wrapper(wsgi_app: Any) -> Any:
     return app
 
 
+class Collector:
+    """The cycle collector's thresholds by the number of open connections (see FLOOD_CONNECTIONS).
+
+    A closed connection leaves no cycle (GuardedH11Protocol.connection_lost), so what a flood defers is
+    the garbage of the requests served meanwhile, for at most `full_every_s`.
+    """
+
+    def __init__(self, flood_connections: int = FLOOD_CONNECTIONS, full_every_s: float = FLOOD_FULL_COLLECT_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.flood_connections = flood_connections
+        self.full_every_s = full_every_s
+        self.clock = clock
+        self.thresholds = gc.get_threshold()
+        self.flood = False
+        self.last_full = clock()
+
+    def update(self, connections: int) -> None:
+        """Called every PROBE_INTERVAL_S on the event loop with the number of open connections."""
+        if connections < self.flood_connections:
+            if self.flood:
+                gc.set_threshold(*self.thresholds)
+                self.flood = False
+            return
+        now = self.clock()
+        if not self.flood:
+            self.thresholds = gc.get_threshold()
+            gc.set_threshold(self.thresholds[0], self.thresholds[1], NO_AUTOMATIC_FULL)
+            self.flood, self.last_full = True, now
+        elif now - self.last_full >= self.full_every_s:
+            gc.collect()
+            self.last_full = now
+
+
 class FrontWorker(UvicornWorker):
     """uvicorn's gunicorn worker with the Front, and a heartbeat that means "a request was served"."""
 
@@ -773,9 +818,11 @@ class FrontWorker(UvicornWorker):
         self.config.timeout_notify = PROBE_INTERVAL_S
         self._probe: asyncio.Task | None = None
         self._connections_peak = 0
+        self.collector = Collector()
 
     async def callback_notify(self) -> None:
         """Called by uvicorn every PROBE_INTERVAL_S: beat only if the last probe answered, then probe again."""
+        self.collector.update(len(self.protocol.open))
         probe = self._probe
         if probe is not None and not probe.done():
             return  # still waiting for a thread, or for the app: no heartbeat
