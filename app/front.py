@@ -97,7 +97,7 @@ PROBE_INTERVAL_S = 2.0
 TRIM_AFTER_CONNECTIONS = 200  # a surge of at least this many connections is followed by a malloc_trim
 # The cycle collector's full collections walk every live connection's objects (about 21 each) on the event
 # loop: 0.2-0.4 s at 16,384 connections, one every 2-3 s while a flood churns them (docs/performance.md,
-# "At the open-file limit"). From FLOOD_CONNECTIONS open connections on, automatic full collections are off
+# "The collector waits during a flood"). From FLOOD_CONNECTIONS open connections on, automatic full collections are off
 # and the watchdog runs one every FLOOD_FULL_COLLECT_S; young collections go on as before.
 FLOOD_CONNECTIONS = 2000
 FLOOD_FULL_COLLECT_S = 60.0
