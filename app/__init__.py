@@ -171,7 +171,8 @@ def create_app(config: Config | Mapping[str, str] | None = None) -> Flask:
     from app.api.docs import docs_bp
     from app.api.removebg_api import bp as removebg_bp
     from app.cli import register_cli
-    from app.services.isnet_tiny_service import IsnetTinyService, tune_malloc
+    from app.heap import tune_malloc
+    from app.services.isnet_tiny_service import IsnetTinyService
 
     if not isinstance(config, Config):
         config = Config.from_env(config)

@@ -19,7 +19,7 @@ from typing import BinaryIO, Callable, Protocol
 
 from PIL import Image
 
-from app import colors, imaging, matting
+from app import colors, heap, imaging, matting
 from app.config import Config
 from app.errors import BadRequest
 
@@ -254,7 +254,9 @@ def _in_slot(
     12 MP cutout (its RGBA copy and PNG, ~110 MB) overlap the next request's decode and inference:
     470-498 MB whole-server with 8 clients at MAX_DIMENSION=4096, 341 MB now (docs/performance.md, Edges).
     The mask is refined before the upload's own transparency and the roi are applied (they are exact, not estimates);
-    colours are estimated against the final alpha, and not at all for the mask alone.
+    colours are estimated against the final alpha, and not at all for the mask alone. The edge stage's
+    temporaries come from the heap (heap.scratch): as fresh mappings their page faults cost more than its
+    arithmetic.
     """
     header = _checked(source, options.max_dimension or config.max_dimension, config)
     max_dimension = _output_side(header.size, options, config)
@@ -263,14 +265,15 @@ def _in_slot(
         model_rgb, decoded.model_rgb = decoded.model_rgb, None
         mask = service.mask(model_rgb, decoded.size)
         del model_rgb
-        if options.refine:
-            mask = matting.refine(decoded.rgb, mask)
-        alpha = imaging.combine_alpha(mask, decoded.alpha)
-        del mask
-        if options.roi is not None:
-            alpha = imaging.keep_region(alpha, _roi_box(options.roi, decoded.size, header.size))
-        if options.decontaminate and not options.only_mask:
-            decoded.rgb = matting.decontaminate(decoded.rgb, alpha)
+        with heap.scratch():
+            if options.refine:
+                mask = matting.refine(decoded.rgb, mask)
+            alpha = imaging.combine_alpha(mask, decoded.alpha)
+            del mask
+            if options.roi is not None:
+                alpha = imaging.keep_region(alpha, _roi_box(options.roi, decoded.size, header.size))
+            if options.decontaminate and not options.only_mask:
+                decoded.rgb = matting.decontaminate(decoded.rgb, alpha)
         backdrop = imaging.decode(background, config.max_dimension).rgb if background is not None else None
         rgb, decoded = decoded.rgb, None
         rgb, alpha = _framed(rgb, alpha, options)

@@ -39,7 +39,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import common  # noqa: E402
 
-from app.services.isnet_tiny_service import create_session, tune_malloc  # noqa: E402
+from app.heap import tune_malloc  # noqa: E402
+from app.services.isnet_tiny_service import create_session  # noqa: E402
 
 CONV_KINDS = {"Conv", "FusedConv", "QLinearConv", "ConvInteger", "NchwcConv"}
 # onnxruntime names a fused or re-laid-out node after the graph's node, plus a `_token_N` suffix.

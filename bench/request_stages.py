@@ -107,7 +107,8 @@ class Ours:
     def __init__(self) -> None:
         sys.path.insert(0, str(HERE.parent))
         from app.config import Config
-        from app.services.isnet_tiny_service import IsnetTinyService, tune_malloc
+        from app.heap import tune_malloc
+        from app.services.isnet_tiny_service import IsnetTinyService
 
         tune_malloc()
         self.config = Config.from_env()

@@ -18,7 +18,8 @@ import json, sys, time
 import numpy as np
 sys.path.insert(0, sys.argv[2])
 import onnxruntime as ort
-from app.services.isnet_tiny_service import peak_rss_mb, rss_mb, tune_malloc
+from app.heap import tune_malloc
+from app.services.isnet_tiny_service import peak_rss_mb, rss_mb
 v = json.loads(sys.argv[1])
 if v.get("tune", True): tune_malloc()
 o = ort.SessionOptions()

@@ -7,11 +7,7 @@ This module knows nothing of Flask.
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import gc
 import logging
-import os
 import re
 import threading
 import time
@@ -27,6 +23,7 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 from PIL import Image
 
 from app import model_io
+from app.heap import release_memory_to_os
 from app.config import Config
 from app.cpus import lower_thread_priority
 from app.errors import Busy, Unavailable
@@ -88,34 +85,6 @@ def peak_rss_mb() -> float | None:
     except OSError:
         return None
     return None
-
-
-def _libc() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("c")
-    return ctypes.CDLL(name) if name else None
-
-
-def tune_malloc(mmap_threshold: int = 131072) -> None:
-    """Serve big buffers (activations, decoded photos) with mmap so they go back to the OS when freed.
-
-    glibc's dynamic threshold otherwise climbs after the first large free and keeps later ones on the
-    heap, where fragmentation pins them. An explicit MALLOC_MMAP_THRESHOLD_ in the environment wins.
-    """
-    libc = _libc()
-    if libc is None or not hasattr(libc, "mallopt") or os.environ.get("MALLOC_MMAP_THRESHOLD_"):
-        return
-    m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8
-    libc.mallopt(m_mmap_threshold, mmap_threshold)
-    libc.mallopt(m_trim_threshold, mmap_threshold)
-    libc.mallopt(m_arena_max, 2)  # request threads share two heaps instead of one each
-
-
-def release_memory_to_os() -> None:
-    """Collect Python garbage and ask glibc to hand freed heap pages back (no-op elsewhere)."""
-    gc.collect()
-    libc = _libc()
-    if libc is not None and hasattr(libc, "malloc_trim"):
-        libc.malloc_trim(0)
 
 
 # The NCHWc re-layout's reorder buffers cost 8 MB of peak on u2netp and 33 MB on isnet-general-tiny

@@ -33,7 +33,8 @@ import json, sys, time
 import numpy as np
 sys.path.insert(0, {root!r})
 import onnxruntime as ort
-from app.services.isnet_tiny_service import peak_rss_mb, rss_mb, tune_malloc
+from app.heap import tune_malloc
+from app.services.isnet_tiny_service import peak_rss_mb, rss_mb
 tune_malloc()
 v = json.loads({variant!r})
 options = ort.SessionOptions()
