@@ -59,6 +59,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn_worker import UvicornWorker
 
 from app.config import BODY_IN_MEMORY_BYTES, Config, raise_open_files_limit
+from app.heap import release_memory_to_os
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -834,9 +835,6 @@ class FrontWorker(UvicornWorker):
         self._connections_peak = max(self._connections_peak, connections)
         if self._connections_peak >= TRIM_AFTER_CONNECTIONS and connections < self._connections_peak // 4:
             # A surge of connections has passed: hand the heap pages its buffers left behind back to the OS.
-            # Imported here: gunicorn's arbiter imports this module, and the service module brings onnxruntime
-            # (35 -> 71 MB RSS for a bare interpreter importing app.front, measured).
-            from app.services.isnet_tiny_service import release_memory_to_os
             self._connections_peak = connections
             loop.run_in_executor(None, release_memory_to_os)
 
