@@ -70,7 +70,10 @@ def scratch() -> Iterator[None]:
     pages were faulted in and zeroed again: ~128,000 page faults and ~0.4 s of system time per 1-2 MP
     request, three times the stage's own arithmetic (docs/performance.md, Edges). The setting is the
     process's: it holds while any thread is inside, and a concurrent inference (INFERENCE_SLOTS=2) may put
-    its activations on the heap meanwhile; the trim after the last thread leaves returns them.
+    its activations on the heap meanwhile; the trim after the last thread leaves returns them. Free chunks
+    the stage leaves inside the heap (below its live objects) keep their addresses, with their pages handed
+    back, so later buffers of their size may reuse them instead of a new mapping until the next trim: the
+    same pages either way, and the whole-server peaks did not move (docs/performance.md, Edges).
     """
     global _scratch_users
     if not _tunable():
