@@ -51,11 +51,16 @@ def tune_malloc() -> None:
     _LIBC.mallopt(_M_ARENA_MAX, 2)  # request threads share two heaps instead of one each
 
 
-def release_memory_to_os() -> None:
-    """Collect Python garbage and ask glibc to hand freed heap pages back (no-op elsewhere)."""
-    gc.collect()
+def _trim() -> None:
+    """Ask glibc to hand freed heap pages back to the OS (musl has mallopt but no malloc_trim)."""
     if _LIBC is not None and hasattr(_LIBC, "malloc_trim"):
         _LIBC.malloc_trim(0)
+
+
+def release_memory_to_os() -> None:
+    """Collect Python garbage, then hand the freed heap pages back (no-op without glibc)."""
+    gc.collect()
+    _trim()
 
 
 _scratch_lock = threading.Lock()
@@ -90,4 +95,4 @@ def scratch() -> Iterator[None]:
             _scratch_users -= 1
             if _scratch_users == 0:
                 _thresholds(MMAP_THRESHOLD, MMAP_THRESHOLD)
-                _LIBC.malloc_trim(0)
+                _trim()
